@@ -1,0 +1,147 @@
+"""``run()``: the one entry point that the CLI and sweeps call.
+
+Data flows one way: config -> method (uses teacher, schedule) -> evaluator -> tracking.
+Nothing here knows which method or teacher it runs.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Mapping, Optional
+
+import torch
+
+from bench import config as cfgs
+from bench.config import option
+from bench.errors import BenchError
+
+
+@dataclasses.dataclass(frozen=True)
+class RunConfig:
+    method: str = option("ddim", "distillation method (bench ls)")
+    teacher: str = option("digits", "teacher model (bench ls)")
+    teacher_path: Optional[str] = option(None, "local folder with the teacher's weights")
+    nfe: tuple[int, ...] = option((1, 2, 4, 8, 16, 32, 64), "numbers of function evaluations to evaluate")
+    num_samples: int = option(1000, "samples per NFE for FID/KID (report n with every FID)")
+    batch_size: int = option(250, "sampling batch size (results do not depend on it)")
+    seed: int = option(0, "base seed: sample i uses noise seeded by (seed, i)")
+    device: str = option("auto", "auto, cpu, cuda or cuda:N")
+    experiment: str = option("distill-bench", "MLflow experiment name")
+    tracking_uri: Optional[str] = option(None, "MLflow tracking URI (default: sqlite in the cwd)")
+
+    def __post_init__(self):
+        if not self.nfe or min(self.nfe) < 1:
+            raise ValueError(f"every NFE must be >= 1, got {','.join(map(str, self.nfe)) or 'none'}")
+        if self.num_samples < 2 or self.batch_size < 1:
+            raise ValueError("num_samples must be >= 2 and batch_size >= 1")
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise BenchError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise BenchError("--device cuda requested but no CUDA device is visible; use --device cpu")
+    return device
+
+
+def build_method(run_cfg: RunConfig, overrides: Mapping[str, Any]):
+    """(method class, method config) with ``--set`` overrides applied; validates early."""
+    import methods  # noqa: F401  registers the built-in methods
+    from bench.registry import METHODS
+
+    cls = METHODS.get(run_cfg.method)
+    return cls, cfgs.replace(cls.Config(), overrides, what=f"{run_cfg.method} config")
+
+
+@dataclasses.dataclass
+class RunResult:
+    run_id: str
+    rows: list[dict]
+    distill_cost: dict[str, float]
+    feature_extractor: str
+
+
+def run(run_cfg: RunConfig, method_overrides: Mapping[str, Any] = (), progress: bool = True) -> RunResult:
+    """Distill (if the method trains), evaluate every NFE, log everything to one MLflow run."""
+    import mlflow
+
+    from bench.features import get_extractor
+    from bench.teachers import load_teacher
+    from bench.tracking import mlflow_run
+
+    device = resolve_device(run_cfg.device)
+    method_cls, method_cfg = build_method(run_cfg, dict(method_overrides))
+    teacher = load_teacher(run_cfg.teacher, run_cfg.teacher_path, device=str(device)).to(device)
+    method = method_cls(teacher, method_cfg, device)
+    for k in run_cfg.nfe:
+        method.check_nfe(k)
+    extractor = get_extractor(teacher.features)
+    with mlflow_run(run_cfg.experiment, run_cfg.tracking_uri) as active:
+        params = {"method": run_cfg.method, "teacher": run_cfg.teacher, "seed": run_cfg.seed,
+                  "device": str(device), "n": run_cfg.num_samples, "batch_size": run_cfg.batch_size,
+                  "nfe": ",".join(map(str, run_cfg.nfe)), "feature_extractor": extractor.name,
+                  **teacher.provenance.as_params(), **cfgs.to_params(method_cfg, "method.")}
+        mlflow.log_params(params)
+        start = time.perf_counter()
+        cost = method.distill(lambda metrics, step: mlflow.log_metrics(metrics, step=step))
+        cost = {"distill_seconds": time.perf_counter() - start, **cost}
+        mlflow.log_metrics(cost)
+        ref = _reference_features(teacher, extractor)
+        rows = _evaluate_all(run_cfg, method, teacher, extractor, ref, device, progress)
+        _log_artifacts(run_cfg, method_cfg, params, rows, teacher)
+        return RunResult(active.info.run_id, [r.row() for r in rows], cost, extractor.name)
+
+
+def _reference_features(teacher, extractor) -> torch.Tensor:
+    from bench.evaluator import features_of
+
+    if teacher.reference is None:
+        raise BenchError("this teacher has no reference data yet; FID needs a data-free reference "
+                         "(the teacher's own many-step samples), which the evaluator issue adds")
+    return features_of(extractor, teacher.reference())
+
+
+def _evaluate_all(run_cfg, method, teacher, extractor, ref, device, progress):
+    import mlflow
+    from tqdm.auto import tqdm
+
+    from bench.evaluator import evaluate
+
+    rows = []
+    total = len(run_cfg.nfe) * run_cfg.num_samples
+    with tqdm(total=total, disable=not progress, unit="img", desc="sampling") as bar:
+        for k in run_cfg.nfe:
+            bar.set_postfix(nfe=k)
+            with torch.no_grad():
+                ev = evaluate(method.sampler(k), k, teacher.sample_shape, ref, extractor,
+                              run_cfg.num_samples, run_cfg.seed, run_cfg.batch_size, device, bar.update)
+            mlflow.log_metrics({"fid": ev.fid, "kid": ev.kid, "kid_std": ev.kid_std,
+                                "sample_seconds_per_image": ev.sample_seconds_per_image}, step=k)
+            rows.append(ev)
+    return rows
+
+
+def _log_artifacts(run_cfg, method_cfg, params, rows, teacher) -> None:
+    import mlflow
+    import pandas as pd
+
+    from bench.artifacts import save_grid, save_samples
+
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp)
+        resolved = {"run": dataclasses.asdict(run_cfg), "method_config": dataclasses.asdict(method_cfg),
+                    "params": params}
+        (out / "config.json").write_text(json.dumps(resolved, indent=2, sort_keys=True, default=str))
+        for ev in rows:
+            save_grid(ev.samples, out / "grids" / f"nfe_{ev.nfe}.png", teacher.data_range,
+                      title=f"{run_cfg.method}, NFE {ev.nfe}")
+            save_samples(ev.samples, out / "samples" / f"nfe_{ev.nfe}.npz")
+        pd.DataFrame([ev.row() for ev in rows]).to_csv(out / "summary.csv", index=False)
+        mlflow.log_artifacts(str(out))

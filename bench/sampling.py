@@ -1,0 +1,34 @@
+"""Deterministic DDIM (Song et al. 2021, eq. 12 with eta = 0), shared by every method.
+
+From t to s < t, with f the teacher's (clipped) x0-prediction and e = (x_t - alpha_t f) / sigma_t:
+    x_s = alpha_s f + sigma_s e
+The last step goes to s = -1, where alpha = 1 and sigma = 0, so it returns f itself
+(diffusers' ``set_alpha_to_one=True``).
+"""
+from __future__ import annotations
+
+from typing import Callable, Optional, Sequence
+
+import torch
+
+from bench.teachers.base import Teacher
+
+Sampler = Callable[..., torch.Tensor]
+"""A sampler maps noise x_{t_max} = eps (B, *sample_shape) [and class labels] to samples."""
+
+
+def ddim_step(teacher: Teacher, x_t: torch.Tensor, t: int, s: int, cond=None) -> torch.Tensor:
+    x0, eps = teacher.predict(x_t, t, cond)
+    alpha_s, sigma_s = teacher.coefficients(s, x_t)
+    return alpha_s * x0 + sigma_s * eps
+
+
+@torch.no_grad()
+def ddim_sample(teacher: Teacher, noise: torch.Tensor, timesteps: Sequence[int],
+                cond: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Run DDIM over ``timesteps`` (decreasing) starting from x_{timesteps[0]} = noise."""
+    x = noise
+    steps = list(timesteps) + [-1]
+    for t, s in zip(steps[:-1], steps[1:]):
+        x = ddim_step(teacher, x, t, s, cond)
+    return x

@@ -1,0 +1,78 @@
+"""Built-in teachers, all registered on one screen. Each entry is ``load(path, device) -> Teacher``.
+
+``path`` is ``--teacher-path`` (a local folder of weights) where the teacher has weights.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+from bench.errors import BenchError
+from bench.registry import TEACHERS
+from bench.teachers.analytic import gmm2d_params, mixture_teacher, sample_mixture
+from bench.teachers.base import Provenance, Teacher  # noqa: F401 (public API)
+
+HUB_TEACHERS = {
+    "cifar10": "google/ddpm-cifar10-32",
+    "lsun_bedroom": "google/ddpm-ema-bedroom-256",
+    "lsun_church": "google/ddpm-ema-church-256",
+    "celebahq": "google/ddpm-ema-celebahq-256",
+}
+REFERENCE_SIZE = 20_000  # exact draws for the analytic teachers' FID reference
+
+
+def _analytic(name: str, means, stds, weights, path: Optional[str]) -> Teacher:
+    if path:
+        raise BenchError(f"teacher {name!r} is analytic and takes no --teacher-path; drop it")
+    teacher = mixture_teacher(means, stds, weights, name=name)
+    teacher.features = "points"
+    # a fixed seed: the reference sample is part of the teacher's definition
+    teacher.reference = lambda: sample_mixture(means, stds, weights, REFERENCE_SIZE,
+                                               torch.Generator().manual_seed(12345)).float()
+    return teacher
+
+
+@TEACHERS.register("gaussian", "exact teacher: 16-D Gaussian N(mu, diag(s^2)), linear DDPM schedule")
+def gaussian(path: Optional[str] = None, device: str = "cpu") -> Teacher:
+    d = torch.arange(16, dtype=torch.float64)
+    mu, std = 0.5 * torch.sin(d), 0.1 + 0.3 * (d % 4) / 3
+    return _analytic("gaussian", mu[None], std[None], torch.ones(1), path)
+
+
+@TEACHERS.register("gmm2d", "exact teacher: 8 Gaussians on a circle in 2-D, linear DDPM schedule")
+def gmm2d(path: Optional[str] = None, device: str = "cpu") -> Teacher:
+    return _analytic("gmm2d", *gmm2d_params(), path)
+
+
+@TEACHERS.register("digits", "embedded default: 0.7M-param UNet on sklearn's 8x8 digits (shipped)")
+def digits(path: Optional[str] = None, device: str = "cpu") -> Teacher:
+    from bench import __version__
+    from bench.data import digits_split
+    from bench.teachers.diffusers_teacher import load_unet_folder
+    from bench.teachers.digits import ASSET_DIR
+
+    root = path or ASSET_DIR
+    source = str(path) if path else "bench/assets/digits"
+    teacher = load_unet_folder(root, source, "" if path else f"distill-bench {__version__}",
+                               name="digits", device=device)
+    teacher.features = "digits-cnn"
+    teacher.reference = lambda: digits_split("train")[0]
+    return teacher
+
+
+def _register_hub(name: str, hub_id: str) -> None:
+    def load(path: Optional[str] = None, device: str = "cpu") -> Teacher:
+        from bench.teachers.diffusers_teacher import load_hub_teacher
+
+        return load_hub_teacher(hub_id, name, path, device)
+
+    TEACHERS.register(name, f"{hub_id} (diffusers; HF cache or --teacher-path)")(load)
+
+
+for _name, _hub_id in HUB_TEACHERS.items():
+    _register_hub(_name, _hub_id)
+
+
+def load_teacher(name: str, path: Optional[str] = None, device: str = "cpu") -> Teacher:
+    return TEACHERS.get(name)(path=path, device=device)

@@ -1,0 +1,103 @@
+"""Adapter for diffusers UNet2DModel teachers: the hub ones and the shipped ``digits``.
+
+One loading path for all: a hub id is first resolved to a directory in the local Hugging
+Face cache (never the network: weights cannot be fetched on our machines, and a missing
+model must fail in well under a second with an actionable message), then the directory is
+loaded. Both layouts are accepted: a pipeline folder with ``unet/`` and ``scheduler/``
+(``DDPMPipeline.save_pretrained``) and the flat layout of the google/ddpm-* repos.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+from bench.errors import BenchError
+from bench.schedule import NoiseSchedule
+from bench.teachers.base import Provenance, Teacher
+
+WEIGHT_FILES = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin")
+
+
+def sha256_of(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def resolve_hub_dir(hub_id: str, name: str) -> tuple[Path, str]:
+    """(snapshot directory, revision) of ``hub_id`` in the local HF cache, or a BenchError."""
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    try:
+        directory = Path(snapshot_download(hub_id, local_files_only=True))
+    except (LocalEntryNotFoundError, FileNotFoundError, OSError, ValueError):
+        raise BenchError(
+            f"teacher {name!r} needs {hub_id}, which is not in the local Hugging Face cache; "
+            f"on a connected machine run `hf download {hub_id}` and copy the cache here "
+            f"(HF_HOME), or download the folder and pass --teacher-path DIR"
+        ) from None
+    return directory, directory.name
+
+
+def _component_dir(root: Path, sub: str) -> Path:
+    return root / sub if (root / sub).is_dir() else root
+
+
+def load_unet_folder(root: Path, provenance_source: str, revision: str = "",
+                     name: str = "teacher", device: str = "cpu") -> Teacher:
+    """Load a diffusers UNet2DModel + DDPM-style scheduler folder as a Teacher."""
+    root = Path(root)
+    if not root.is_dir():
+        raise BenchError(f"teacher folder {root} does not exist; pass an existing --teacher-path")
+    unet_dir = _component_dir(root, "unet")
+    weights = next((unet_dir / f for f in WEIGHT_FILES if (unet_dir / f).is_file()), None)
+    if weights is None or not (unet_dir / "config.json").is_file():
+        raise BenchError(f"{unet_dir} holds no diffusers UNet (config.json + {WEIGHT_FILES[0]}); "
+                         f"save one with UNet2DModel.save_pretrained or pass another --teacher-path")
+    from diffusers import DDPMScheduler, UNet2DModel
+
+    logging.getLogger("diffusers").setLevel(logging.ERROR)
+    unet = UNet2DModel.from_pretrained(unet_dir).eval().requires_grad_(False).to(device)
+    scheduler = DDPMScheduler.from_pretrained(_component_dir(root, "scheduler"))
+    return unet_teacher(unet, scheduler, Provenance(provenance_source, revision, sha256_of(weights)))
+
+
+class _UNetNet(torch.nn.Module):
+    """Calls UNet2DModel with (x_t, t, class labels) and returns its raw prediction."""
+
+    def __init__(self, unet):
+        super().__init__()
+        self.unet = unet
+
+    def forward(self, x_t: torch.Tensor, t: torch.Tensor, cond=None) -> torch.Tensor:
+        return self.unet(x_t, t, class_labels=cond).sample
+
+
+def unet_teacher(unet, scheduler, provenance: Provenance,
+                 num_classes: Optional[int] = None) -> Teacher:
+    cfg = scheduler.config
+    shape = (unet.config.in_channels, unet.config.sample_size, unet.config.sample_size)
+    return Teacher(
+        _UNetNet(unet),
+        NoiseSchedule.from_diffusers(scheduler),
+        prediction_type=cfg.get("prediction_type", "epsilon"),
+        sample_shape=shape,
+        provenance=provenance,
+        clip_x0=bool(cfg.get("clip_sample", True)),
+        data_range=(-float(cfg.get("clip_sample_range", 1.0)), float(cfg.get("clip_sample_range", 1.0))),
+        num_classes=num_classes,
+    )
+
+
+def load_hub_teacher(hub_id: str, name: str, path: Optional[str], device: str) -> Teacher:
+    if path:
+        return load_unet_folder(Path(path), str(Path(path).resolve()), name=name, device=device)
+    directory, revision = resolve_hub_dir(hub_id, name)
+    return load_unet_folder(directory, hub_id, revision, name=name, device=device)

@@ -1,0 +1,68 @@
+"""MLflow tracking: one run per ``bench run``, with an explicit local default store.
+
+MLflow 3.17 without a tracking URI silently switches to the deprecated file store when a
+leftover ``./mlruns`` exists, so we always set a URI: ``--tracking-uri``, else
+MLFLOW_TRACKING_URI, else ``sqlite:///<cwd>/mlflow.db`` (artifacts under ./mlruns).
+"""
+from __future__ import annotations
+
+import contextlib
+import importlib.metadata
+import os
+import platform
+import subprocess
+import warnings
+from pathlib import Path
+from typing import Iterator, Optional
+
+from bench.errors import BenchError
+
+PACKAGES = ("distill-bench", "torch", "torchvision", "diffusers", "mlflow", "torch-fidelity",
+            "numpy", "scikit-learn")
+
+
+def resolve_uri(uri: Optional[str] = None) -> str:
+    return uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path.cwd() / 'mlflow.db'}"
+
+
+def git_commit() -> str:
+    """The commit of the checkout this package runs from ('unknown' outside a git tree)."""
+    here = Path(__file__).resolve().parent
+    try:
+        out = subprocess.run(["git", "-C", str(here), "rev-parse", "HEAD"], capture_output=True,
+                             text=True, timeout=5)
+        dirty = subprocess.run(["git", "-C", str(here), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=5)
+    except (OSError, subprocess.TimeoutExpired):
+        return "unknown"
+    if out.returncode != 0:
+        return "unknown"
+    return out.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
+
+
+def version_tags() -> dict[str, str]:
+    tags = {"git_commit": git_commit(), "python": platform.python_version()}
+    for pkg in PACKAGES:
+        try:
+            tags[f"version.{pkg}"] = importlib.metadata.version(pkg)
+        except importlib.metadata.PackageNotFoundError:
+            tags[f"version.{pkg}"] = "not installed"
+    return tags
+
+
+@contextlib.contextmanager
+def mlflow_run(experiment: str, uri: Optional[str], run_name: Optional[str] = None) -> Iterator:
+    """Start an MLflow run in ``experiment`` on ``uri``; yields the active run."""
+    import mlflow
+
+    warnings.filterwarnings("ignore", module="sqlalchemy")
+    mlflow.set_tracking_uri(resolve_uri(uri))
+    try:
+        mlflow.set_experiment(experiment)
+    except Exception as exc:  # mlflow raises many types for an unreachable or bad store
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise BenchError(f"cannot use MLflow store {resolve_uri(uri)}: {first}; "
+                         f"check --tracking-uri") from None
+    with mlflow.start_run(run_name=run_name) as run:
+        mlflow.set_tags(version_tags())
+        yield run

@@ -1,0 +1,1 @@
+"""Report tables and plots built from MLflow runs (see the reports issue)."""

@@ -1,0 +1,1 @@
+"""Ray Tune sweeps over ``bench.run.run`` (see the sweeps issue)."""
