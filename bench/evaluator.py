@@ -21,11 +21,17 @@ from bench.features import FeatureExtractor
 MIN_FID_SAMPLES = 2  # a covariance needs two points; FID with n < feature dim is biased (say so)
 
 
+def sample_seed(seed: int, i: int) -> int:
+    """The generator seed of sample i. torch's CPU generator keeps only 32 bits, so (seed, i) is
+    mixed into 32 bits with i added last: the n seeds of one run never collide (i < 2**32)."""
+    return (int(seed) * 2654435761 + int(i)) % 2**32
+
+
 def seed_noise(seed: int, indices: Sequence[int], shape: tuple[int, ...]) -> torch.Tensor:
     """Noise for samples ``indices``: sample i uses a generator seeded by (seed, i) only."""
     out = torch.empty((len(indices),) + tuple(shape))
     for row, i in enumerate(indices):
-        gen = torch.Generator().manual_seed((int(seed) << 32) + int(i))
+        gen = torch.Generator().manual_seed(sample_seed(seed, i))
         out[row] = torch.randn(shape, generator=gen)
     return out
 

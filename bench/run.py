@@ -70,8 +70,6 @@ class RunResult:
 
 def run(run_cfg: RunConfig, method_overrides: Mapping[str, Any] = (), progress: bool = True) -> RunResult:
     """Distill (if the method trains), evaluate every NFE, log everything to one MLflow run."""
-    import mlflow
-
     from bench.features import get_extractor
     from bench.teachers import load_teacher
     from bench.tracking import mlflow_run
@@ -83,6 +81,8 @@ def run(run_cfg: RunConfig, method_overrides: Mapping[str, Any] = (), progress: 
     for k in run_cfg.nfe:
         method.check_nfe(k)
     extractor = get_extractor(teacher.features)
+    import mlflow  # late: a bad teacher or NFE fails before this ~3 s import
+
     with mlflow_run(run_cfg.experiment, run_cfg.tracking_uri) as active:
         params = {"method": run_cfg.method, "teacher": run_cfg.teacher, "seed": run_cfg.seed,
                   "device": str(device), "n": run_cfg.num_samples, "batch_size": run_cfg.batch_size,

@@ -1,0 +1,78 @@
+import numpy as np
+import pytest
+import scipy.linalg
+import torch
+
+from bench.errors import BenchError
+from bench.evaluator import evaluate, fid_from_features, generate, seed_noise
+from bench.features import get_extractor
+from bench.teachers import load_teacher
+
+
+def _scipy_fid(a: np.ndarray, b: np.ndarray) -> float:
+    mu1, mu2 = a.mean(0), b.mean(0)
+    s1, s2 = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
+    covmean = scipy.linalg.sqrtm(s1 @ s2).real
+    return float(((mu1 - mu2) ** 2).sum() + np.trace(s1 + s2 - 2 * covmean))
+
+
+@pytest.mark.parametrize("dim", [2, 16, 64])
+def test_fid_matches_scipy_reference(dim):
+    rng = np.random.default_rng(dim)
+    a = rng.normal(size=(3000, dim))
+    b = rng.normal(loc=0.1, scale=1.2, size=(2500, dim)) @ rng.normal(size=(dim, dim)) / np.sqrt(dim)
+    ours = fid_from_features(torch.from_numpy(a), torch.from_numpy(b))
+    assert ours == pytest.approx(_scipy_fid(a, b), rel=1e-6)
+
+
+def test_fid_too_few_samples():
+    with pytest.raises(BenchError, match="raise --num-samples"):
+        fid_from_features(torch.zeros(1, 4), torch.zeros(10, 4))
+
+
+def test_seed_noise_is_per_sample():
+    full = seed_noise(3, range(10), (2, 4))
+    assert torch.equal(full[4:7], seed_noise(3, [4, 5, 6], (2, 4)))
+    assert not torch.equal(full, seed_noise(4, range(10), (2, 4)))
+
+
+def test_results_independent_of_batch_size():
+    import methods  # noqa: F401
+    from bench.registry import METHODS
+
+    teacher = load_teacher("gmm2d")
+    extractor = get_extractor("points")
+    ref = extractor(teacher.reference())
+    cls = METHODS.get("ddim")
+    sampler = cls(teacher, cls.Config(), torch.device("cpu")).sampler(4)
+    dev = torch.device("cpu")
+    e7 = evaluate(sampler, 4, teacher.sample_shape, ref, extractor, 300, 5, 7, dev)
+    e64 = evaluate(sampler, 4, teacher.sample_shape, ref, extractor, 300, 5, 64, dev)
+    assert torch.allclose(e7.samples, e64.samples, atol=1e-6)
+    assert e7.fid == pytest.approx(e64.fid, abs=1e-5)
+    assert e7.kid == pytest.approx(e64.kid, abs=1e-5)
+    assert (e7.batch_size, e64.batch_size) == (7, 64)
+
+
+def test_generate_timing_is_per_image():
+    calls = []
+
+    def sampler(noise):
+        calls.append(len(noise))
+        return noise * 0
+
+    gen = generate(sampler, (3,), 10, 0, 4, torch.device("cpu"))
+    assert calls == [4, 4, 4, 2]  # one warm-up batch, then the three real ones
+    assert gen.samples.shape == (10, 3) and gen.seconds_per_image >= 0 and gen.batch_size == 4
+
+
+def test_digits_features_shipped_and_discriminative():
+    from bench.data import digits_split
+
+    extractor = get_extractor("digits-cnn")
+    assert extractor.dim == 64 and len(extractor.weights_sha256) == 64
+    train, held = digits_split("train")[0], digits_split("heldout")[0]
+    f_train, f_held = extractor(train), extractor(held)
+    noise = torch.rand(len(held), 1, 8, 8, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    floor = fid_from_features(f_held, f_train)
+    assert floor < 0.1 * fid_from_features(extractor(noise), f_train)
