@@ -43,6 +43,9 @@ def _parser() -> argparse.ArgumentParser:
     ft = fsub.add_parser("train", help="reproduce the shipped digits feature network")
     ft.add_argument("name", choices=["digits"])
     ft.add_argument("--out", default="digits_cnn.safetensors", help="output safetensors file")
+    u = sub.add_parser("ui", help="the MLflow UI on 127.0.0.1 over the same store")
+    u.add_argument("--tracking-uri", help="MLflow store (default sqlite:///./mlflow.db)")
+    u.add_argument("--port", type=int, default=5000)
     return p
 
 
@@ -67,7 +70,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     build_method(run_cfg, sets)  # fail on a bad method or --set before loading anything heavy
     result = run(run_cfg, sets, progress=not args.quiet)
     print(format_summary(result.rows, result.feature_extractor))
-    print(f"MLflow run {result.run_id} (experiment {run_cfg.experiment!r}); `bench ui` or mlflow ui to browse")
+    print(f"MLflow run {result.run_id} (experiment {run_cfg.experiment!r}); browse with `bench ui`")
     return 0
 
 
@@ -126,10 +129,24 @@ def cmd_features(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_ui(args: argparse.Namespace) -> int:
+    import subprocess
+
+    from bench.tracking import resolve_uri
+
+    uri = resolve_uri(args.tracking_uri)
+    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    print(f"MLflow UI for {uri} at http://127.0.0.1:{args.port} (Ctrl-C stops it)")
+    cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", uri,
+           "--host", "127.0.0.1", "--port", str(args.port), "--workers", "1"]
+    return subprocess.call(cmd, env=env)
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     args = _parser().parse_args(argv)
-    handler = {"run": cmd_run, "ls": cmd_ls, "teacher": cmd_teacher, "features": cmd_features}[args.command]
+    handler = {"run": cmd_run, "ls": cmd_ls, "teacher": cmd_teacher, "features": cmd_features,
+               "ui": cmd_ui}[args.command]
     try:
         return handler(args)
     except BenchError as exc:

@@ -111,10 +111,11 @@ class Evaluation:
 
 def evaluate(sampler: Callable, nfe: int, shape: tuple[int, ...], reference_features: torch.Tensor,
              extractor: FeatureExtractor, n: int, seed: int, batch_size: int,
-             device: torch.device, progress: Optional[Callable[[int], None]] = None) -> Evaluation:
+             device: torch.device, progress: Optional[Callable[[int], None]] = None,
+             with_kid: bool = True) -> Evaluation:
     """Generate n samples with ``sampler`` and score them against the reference features."""
     gen = generate(sampler, shape, n, seed, batch_size, device, progress)
     feats = features_of(extractor, gen.samples)
     fid = fid_from_features(feats, reference_features)
-    kid, kid_std = kid_from_features(feats, reference_features)
+    kid, kid_std = kid_from_features(feats, reference_features) if with_kid else (float("nan"),) * 2
     return Evaluation(nfe, n, fid, kid, kid_std, gen.seconds_per_image, gen.batch_size, gen.samples)

@@ -46,7 +46,9 @@ def to_uint8(x: torch.Tensor, data_range=(-1.0, 1.0)) -> torch.Tensor:
 
 
 class DigitsCNN(nn.Module):
-    """8x8 digit classifier; ``features`` is its 64-D penultimate activation."""
+    """8x8 digit classifier; ``features`` is its 64-D penultimate activation, standardised with
+    the training digits' per-dimension mean and std (stored with the weights) so FID and the
+    polynomial KID kernel see unit-scale features, as they do with Inception's pool features."""
 
     def __init__(self):
         super().__init__()
@@ -56,9 +58,11 @@ class DigitsCNN(nn.Module):
             nn.Flatten(), nn.Linear(64 * 4 * 4, 64), nn.SiLU(),
         )
         self.head = nn.Linear(64, 10)
+        self.register_buffer("feat_mean", torch.zeros(64))
+        self.register_buffer("feat_std", torch.ones(64))
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
-        return self.body(x)
+        return (self.body(x) - self.feat_mean) / self.feat_std
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.body(x))
@@ -154,6 +158,9 @@ def train_digits_cnn(out: Path = DIGITS_CNN_WEIGHTS, epochs: int = 40, seed: int
     net.eval()
     with torch.no_grad():
         accuracy = (net(xh).argmax(1) == yh).double().mean().item()
+        feats = net.body(x)
+        net.feat_mean.copy_(feats.mean(0))
+        net.feat_std.copy_(feats.std(0).clamp(min=1e-3))  # a dead unit must not blow up
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(out))
     return accuracy

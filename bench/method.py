@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import abc
 import dataclasses
-from typing import Any, Callable, ClassVar
+from pathlib import Path
+from typing import Any, Callable, ClassVar, Optional
 
 import torch
 
@@ -18,6 +19,20 @@ from bench.teachers.base import Teacher
 
 LogFn = Callable[[dict[str, float], int], None]
 """log(metrics, step): how a method reports training curves (MLflow in a run)."""
+
+DEFAULT_NFE = (1, 2, 4, 8, 16, 32, 64)
+
+
+@dataclasses.dataclass
+class DistillContext:
+    """What the run hands a method's ``distill``: logging, quick evaluation, a work folder."""
+
+    log: LogFn
+    device: torch.device
+    seed: int = 0
+    workdir: Path = Path("checkpoints")
+    progress: bool = True
+    quick_eval: Optional[Callable[[Sampler, int], float]] = None  # (sampler, n) -> FID
 
 
 @dataclasses.dataclass(frozen=True)
@@ -36,9 +51,16 @@ class Method(abc.ABC):
         self.config = config
         self.device = device
 
-    def distill(self, log: LogFn) -> dict[str, float]:
+    def distill(self, ctx: DistillContext) -> dict[str, float]:
         """Train the student; returns cost metrics. Training-free methods return {}."""
         return {}
+
+    def default_nfe(self) -> tuple[int, ...]:
+        """The step counts a run evaluates when --nfe is not given."""
+        return tuple(k for k in DEFAULT_NFE if k <= self.max_nfe())
+
+    def save_artifacts(self, out_dir: Path) -> None:
+        """Write what the run should keep (e.g. the student's weights). Default: nothing."""
 
     def max_nfe(self) -> int:
         """The largest number of function evaluations a sampler of this method can use."""

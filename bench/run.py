@@ -17,6 +17,7 @@ import torch
 from bench import config as cfgs
 from bench.config import option
 from bench.errors import BenchError
+from bench.method import DistillContext
 
 
 @dataclasses.dataclass(frozen=True)
@@ -24,7 +25,8 @@ class RunConfig:
     method: str = option("ddim", "distillation method (bench ls)")
     teacher: str = option("digits", "teacher model (bench ls)")
     teacher_path: Optional[str] = option(None, "local folder with the teacher's weights")
-    nfe: tuple[int, ...] = option((1, 2, 4, 8, 16, 32, 64), "numbers of function evaluations to evaluate")
+    nfe: Optional[tuple[int, ...]] = option(None, "numbers of function evaluations to evaluate "
+                                                  "(default: the method's, e.g. 1,2,4,...,64 for ddim)")
     num_samples: int = option(1000, "samples per NFE for FID/KID (report n with every FID)")
     batch_size: int = option(250, "sampling batch size (results do not depend on it)")
     seed: int = option(0, "base seed: sample i uses noise seeded by (seed, i)")
@@ -33,7 +35,7 @@ class RunConfig:
     tracking_uri: Optional[str] = option(None, "MLflow tracking URI (default: sqlite in the cwd)")
 
     def __post_init__(self):
-        if not self.nfe or min(self.nfe) < 1:
+        if self.nfe is not None and (not self.nfe or min(self.nfe) < 1):
             raise ValueError(f"every NFE must be >= 1, got {','.join(map(str, self.nfe)) or 'none'}")
         if self.num_samples < 2 or self.batch_size < 1:
             raise ValueError("num_samples must be >= 2 and batch_size >= 1")
@@ -78,6 +80,7 @@ def run(run_cfg: RunConfig, method_overrides: Mapping[str, Any] = (), progress: 
     method_cls, method_cfg = build_method(run_cfg, dict(method_overrides))
     teacher = load_teacher(run_cfg.teacher, run_cfg.teacher_path, device=str(device)).to(device)
     method = method_cls(teacher, method_cfg, device)
+    run_cfg = dataclasses.replace(run_cfg, nfe=run_cfg.nfe or method.default_nfe())
     for k in run_cfg.nfe:
         method.check_nfe(k)
     extractor = get_extractor(teacher.features)
@@ -89,14 +92,30 @@ def run(run_cfg: RunConfig, method_overrides: Mapping[str, Any] = (), progress: 
                   "nfe": ",".join(map(str, run_cfg.nfe)), "feature_extractor": extractor.name,
                   **teacher.provenance.as_params(), **cfgs.to_params(method_cfg, "method.")}
         mlflow.log_params(params)
-        start = time.perf_counter()
-        cost = method.distill(lambda metrics, step: mlflow.log_metrics(metrics, step=step))
-        cost = {"distill_seconds": time.perf_counter() - start, **cost}
-        mlflow.log_metrics(cost)
         ref = _reference_features(teacher, extractor)
+        ctx = DistillContext(
+            log=lambda metrics, step: mlflow.log_metrics(metrics, step=step), device=device,
+            seed=run_cfg.seed, workdir=Path("checkpoints") / active.info.run_id, progress=progress,
+            quick_eval=_quick_eval(teacher, extractor, ref, run_cfg, device))
+        start = time.perf_counter()
+        cost = dict(method.distill(ctx))
+        cost["distill_seconds"] = time.perf_counter() - start
+        mlflow.log_metrics(cost)
         rows = _evaluate_all(run_cfg, method, teacher, extractor, ref, device, progress)
-        _log_artifacts(run_cfg, method_cfg, params, rows, teacher)
+        _log_artifacts(run_cfg, method, params, rows, teacher)
         return RunResult(active.info.run_id, [r.row() for r in rows], cost, extractor.name)
+
+
+def _quick_eval(teacher, extractor, ref, run_cfg, device):
+    """FID of a sampler on n samples during training (the final evaluation's first n seeds)."""
+    from bench.evaluator import evaluate
+
+    def quick(sampler, n: int) -> float:
+        with torch.no_grad():
+            return evaluate(sampler, 0, teacher.sample_shape, ref, extractor, n, run_cfg.seed,
+                            run_cfg.batch_size, device, with_kid=False).fid
+
+    return quick
 
 
 def _reference_features(teacher, extractor) -> torch.Tensor:
@@ -128,7 +147,7 @@ def _evaluate_all(run_cfg, method, teacher, extractor, ref, device, progress):
     return rows
 
 
-def _log_artifacts(run_cfg, method_cfg, params, rows, teacher) -> None:
+def _log_artifacts(run_cfg, method, params, rows, teacher) -> None:
     import mlflow
     import pandas as pd
 
@@ -136,7 +155,7 @@ def _log_artifacts(run_cfg, method_cfg, params, rows, teacher) -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp)
-        resolved = {"run": dataclasses.asdict(run_cfg), "method_config": dataclasses.asdict(method_cfg),
+        resolved = {"run": dataclasses.asdict(run_cfg), "method_config": dataclasses.asdict(method.config),
                     "params": params}
         (out / "config.json").write_text(json.dumps(resolved, indent=2, sort_keys=True, default=str))
         for ev in rows:
@@ -144,4 +163,5 @@ def _log_artifacts(run_cfg, method_cfg, params, rows, teacher) -> None:
                       title=f"{run_cfg.method}, NFE {ev.nfe}")
             save_samples(ev.samples, out / "samples" / f"nfe_{ev.nfe}.npz")
         pd.DataFrame([ev.row() for ev in rows]).to_csv(out / "summary.csv", index=False)
+        method.save_artifacts(out)
         mlflow.log_artifacts(str(out))

@@ -73,6 +73,14 @@ class NoiseSchedule:
         ab = self.alpha_bar(t)
         return torch.log(ab) - torch.log1p(-ab)
 
+    def t_of_log_snr(self, lam: torch.Tensor) -> torch.Tensor:
+        """Inverse of log_snr on [0, T-1] (piecewise linear between integer steps)."""
+        grid = self.log_snr(torch.arange(self.T, dtype=torch.float64))  # decreasing in t
+        lam = torch.as_tensor(lam, dtype=torch.float64).clamp(grid[-1], grid[0])
+        idx = torch.searchsorted(-grid, -lam).clamp(1, self.T - 1)  # first grid point <= lam
+        lo, hi = grid[idx - 1], grid[idx]
+        return (idx - 1) + (lo - lam) / (lo - hi)
+
     def timesteps(self, K: int, spacing: str = "trailing") -> list[int]:
         """K decreasing step indices for a K-step sampler, as diffusers' DDIMScheduler.
 

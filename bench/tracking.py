@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib.metadata
+import logging
 import os
 import platform
 import subprocess
@@ -55,6 +56,8 @@ def mlflow_run(experiment: str, uri: Optional[str], run_name: Optional[str] = No
     """Start an MLflow run in ``experiment`` on ``uri``; yields the active run."""
     import mlflow
 
+    for name in ("mlflow", "alembic"):  # store creation logs are noise in a CLI
+        logging.getLogger(name).setLevel(logging.WARNING)
     warnings.filterwarnings("ignore", module="sqlalchemy")
     mlflow.set_tracking_uri(resolve_uri(uri))
     try:

@@ -1,0 +1,169 @@
+"""BOOT: data-free distillation by bootstrapping (Gu et al. 2023), in signal space.
+
+The student g_theta(eps, t) predicts y_t = (x_t - sigma_t eps) / alpha_t along the teacher's
+DDIM trajectory that starts at x_{t_max} = eps. One teacher DDIM step from t to s < t in y is
+    y_s = y_t + (1 - r)(f_phi(x_t, t) - y_t),   r = alpha_t sigma_s / (sigma_t alpha_s)
+(DESIGN.md; BOOT eq. 8), so the bootstrapping loss for s = t - delta is
+    L_BS = || g_theta(eps, s) - SG[g + (1 - r)(f_phi(alpha_t g + sigma_t eps, t) - g)] ||^2 / (1 - r)^2
+with g = g_theta(eps, t) under stop-gradient; a share of every batch instead pins the start
+of the trajectory, g_theta(eps, t_max) = y_{t_max} (the boundary term). No data, no EMA target.
+One iteration: 1 teacher forward, 2 student forwards (one without grad), 1 backward.
+One-step sampling: x = g_theta(eps, -1), where alpha = 1 and y is the sample itself.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+from bench.config import option
+from bench.method import DistillContext, Method
+from bench.registry import METHODS
+from bench.sampling import Sampler
+from bench.student import Student
+from bench.train import TrainConfig, Trainer
+
+BOUNDARIES = ("auto", "definition", "teacher")
+
+
+@dataclasses.dataclass(frozen=True)
+class BOOTConfig(TrainConfig):
+    delta: float = option(20.0, "t - s in teacher steps: small enough that one DDIM step is "
+                                "accurate, large enough that 1 - r is not lost to rounding")
+    t_draw: str = option("logsnr", "how t is drawn on [0, t_max] (s = max(t - delta, -1)): logsnr (uniform in log-SNR, "
+                                   "so the low-noise end, where y moves most, is not starved), "
+                                   "uniform (in t) or discrete (integers)")
+    boundary: str = option("auto", "target of g(eps, t_max): definition (y from x = eps), teacher "
+                                   "(f_phi(eps, t_max), for ~zero terminal SNR) or auto (pick by r)")
+    boundary_fraction: float = option(0.125, "share of each batch spent on the boundary term")
+    boundary_weight: float = option(1.0, "weight of the boundary rows' loss")
+    t_max: Optional[int] = option(None, "first step of the trajectory (default: T-1, as trailing DDIM)")
+    guidance_scale: float = option(1.0, "classifier-free guidance w for class-conditional teachers")
+    mlp_width: int = option(256, "width of the MLP student (teachers without a network)")
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.delta < 1:
+            raise ValueError("delta must be >= 1 teacher step (the teacher is never queried below t = 0)")
+        if self.t_draw not in ("logsnr", "uniform", "discrete") or self.boundary not in BOUNDARIES:
+            raise ValueError(f"t_draw must be uniform|discrete and boundary one of {BOUNDARIES}")
+        if not 0 < self.boundary_fraction < 1:
+            raise ValueError("boundary_fraction must be in (0, 1)")
+
+
+@METHODS.register("boot", "BOOT: data-free one-step distillation by bootstrapping (Gu et al. 2023)")
+class BOOT(Method):
+    Config = BOOTConfig
+
+    def __init__(self, teacher, config: BOOTConfig, device):
+        super().__init__(teacher, config, device)
+        self.t_max = teacher.T - 1 if config.t_max is None else config.t_max
+        if not config.delta <= self.t_max <= teacher.T - 1:
+            raise ValueError(f"t_max must be in [delta, {teacher.T - 1}]")
+        self.student = Student(teacher, config.mlp_width).to(device)
+        self.ema = self.student
+        self.boundary_mode = config.boundary
+        if config.boundary == "auto":  # r of the first unit step: ~0 means y_{t_max} is forgotten
+            first = torch.tensor([float(self.t_max)])
+            self.boundary_mode = "teacher" if float(self.ratio(first, first - 1)) < 0.5 else "definition"
+
+    # -- the math -------------------------------------------------------------------
+    def ratio(self, t: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+        """r = alpha_t sigma_s / (sigma_t alpha_s), in float64 (1 - r is a small difference)."""
+        sch = self.teacher.schedule
+        t, s = t.double().cpu(), s.double().cpu()
+        return (sch.alpha(t) * sch.sigma(s) / (sch.sigma(t) * sch.alpha(s))).to(self.device)
+
+    def guided_x0(self, x_t: torch.Tensor, t: torch.Tensor, cond) -> torch.Tensor:
+        """f_phi, with classifier-free guidance f(none) + w (f(c) - f(none)) where conditional."""
+        w = self.config.guidance_scale
+        if cond is None or w == 1.0:
+            return self.teacher.x0(x_t, t, cond)
+        f_c, f_u = self.teacher.x0(x_t, t, cond), self.teacher.x0(x_t, t, None)
+        return f_u + w * (f_c - f_u)
+
+    def boundary_target(self, eps: torch.Tensor, cond) -> torch.Tensor:
+        """y_{t_max}: by definition alpha eps / (1 + sigma) (= (1 - sigma) eps / alpha, stably),
+        or the teacher's f_phi(eps, t_max) where its first DDIM step forgets y_{t_max} anyway."""
+        t = torch.full((len(eps),), float(self.t_max))
+        if self.boundary_mode == "teacher":
+            return self.guided_x0(eps, t.to(eps.device), cond)
+        a, s = self.teacher.coefficients(t, eps)
+        return a * eps / (1 + s)
+
+    def bootstrap_target(self, eps, t, s, cond):
+        """SG[g + (1 - r)(f_phi(alpha_t g + sigma_t eps, t) - g)] and 1 - r: one DDIM step in y."""
+        with torch.no_grad():
+            g = self.student(eps, t, cond)
+            a, sig = self.teacher.coefficients(t, eps)
+            f = self.guided_x0(a * g + sig * eps, t, cond)
+            one_minus_r = (1 - self.ratio(t, s)).view((-1,) + (1,) * (eps.dim() - 1))
+            return (g + one_minus_r.to(g.dtype) * (f - g)).detach(), one_minus_r
+
+    def loss(self, it: int, gen: torch.Generator) -> tuple[torch.Tensor, float]:
+        """Per-sample losses of one batch: boundary rows first, bootstrapping rows after."""
+        cfg, B = self.config, self.config.batch_size
+        nb = max(1, math.ceil(B * cfg.boundary_fraction))
+        eps = torch.randn((B,) + self.teacher.sample_shape, generator=gen).to(self.device)
+        cond = self._classes(B, gen)
+        t = self.draw_t(B - nb, gen)
+        # s stops at -1 (alpha = 1), so the end of the trajectory, where one-step sampling
+        # reads the student, is trained directly rather than extrapolated to
+        t, s = t.to(self.device), (t - cfg.delta).clamp(min=-1).to(self.device)
+        c_bs = None if cond is None else cond[nb:]
+        target, one_minus_r = self.bootstrap_target(eps[nb:], t, s, c_bs)
+        with torch.no_grad():
+            y_max = self.boundary_target(eps[:nb], None if cond is None else cond[:nb])
+        s_all = torch.cat([torch.full((nb,), float(self.t_max), device=self.device), s])
+        g_s = self.student(eps, s_all, cond)  # the only branch with gradients
+        err = (g_s.float() - torch.cat([y_max, target]).float()).pow(2).flatten(1).mean(1)
+        weight = torch.cat([torch.full((nb,), cfg.boundary_weight, dtype=torch.float64),
+                            one_minus_r.flatten().cpu() ** -2]).to(err.device, torch.float32)
+        per_row = 2.0 if cond is not None and cfg.guidance_scale != 1.0 else 1.0
+        teacher_rows = B if self.boundary_mode == "teacher" else B - nb
+        return weight * err, per_row * teacher_rows / B
+
+    def draw_t(self, n: int, gen: torch.Generator) -> torch.Tensor:
+        lo, hi = 0.0, float(self.t_max)
+        u = torch.rand(n, generator=gen, dtype=torch.float64)
+        if self.config.t_draw == "logsnr":
+            sch = self.teacher.schedule
+            l_lo, l_hi = sch.log_snr(torch.tensor(hi)), sch.log_snr(torch.tensor(lo))
+            return sch.t_of_log_snr(l_lo + u * (l_hi - l_lo)).clamp(lo, hi)
+        t = lo + u * (hi - lo)
+        return t.round() if self.config.t_draw == "discrete" else t
+
+    def _classes(self, n: int, gen: torch.Generator):
+        if not self.teacher.num_classes:
+            return None
+        return torch.randint(0, self.teacher.num_classes, (n,), generator=gen).to(self.device)
+
+    # -- the method contract ----------------------------------------------------------
+    def distill(self, ctx: DistillContext) -> dict[str, float]:
+        trainer = Trainer(self.student, self.config, ctx)
+        cost = trainer.fit(self.loss, quick_sampler=self._one_step)
+        self.ema = trainer.ema.eval()
+        return cost
+
+    def max_nfe(self) -> int:
+        return 1
+
+    def _one_step(self, student) -> Sampler:
+        def sample(noise: torch.Tensor, cond=None) -> torch.Tensor:
+            t = torch.full((len(noise),), -1.0, device=noise.device)
+            return student(noise, t, cond)
+
+        return sample
+
+    def sampler(self, nfe: int) -> Sampler:
+        self.check_nfe(nfe)
+        return self._one_step(self.ema)
+
+    def save_artifacts(self, out_dir: Path) -> None:
+        from safetensors.torch import save_file
+
+        state = {k: v.detach().contiguous().cpu() for k, v in self.ema.state_dict().items()}
+        save_file(state, str(out_dir / "student.safetensors"))
