@@ -75,11 +75,12 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def format_summary(rows, extractor: str) -> str:
-    head = f"{'NFE':>5}  {'FID[' + extractor + ']':>18}  {'KID':>10}  {'s/image':>10}  {'n':>6}"
+    head = (f"{'NFE':>5}  {'FID[' + extractor + ']':>18}  {'KID':>9}  {'PSNR vs teacher':>15}  "
+            f"{'s/image':>9}  {'n':>6}")
     lines = [head, "-" * len(head)]
     for r in rows:
-        lines.append(f"{r['nfe']:>5}  {r['fid']:>18.3f}  {r['kid']:>10.4f}  "
-                     f"{r['sample_seconds_per_image']:>10.2e}  {r['n']:>6}")
+        lines.append(f"{r['nfe']:>5}  {r['fid']:>18.3f}  {r['kid']:>9.4f}  {r['teacher_psnr']:>12.2f} dB  "
+                     f"{r['sample_seconds_per_image']:>9.2e}  {r['n']:>6}")
     return "\n".join(lines)
 
 

@@ -94,6 +94,14 @@ def kid_from_features(a: torch.Tensor, b: torch.Tensor, subsets: int = 100,
     return float(out[KEY_METRIC_KID_MEAN]), float(out[KEY_METRIC_KID_STD])
 
 
+def teacher_fidelity(x: torch.Tensor, anchor: torch.Tensor, data_range=(-1.0, 1.0)) -> tuple[float, float]:
+    """MSE and PSNR (dB, peak = the data range) of samples against the teacher's many-step
+    samples from the same noise: how faithfully a method reproduces its teacher's map."""
+    mse = float((x.double() - anchor.double()).pow(2).mean())
+    peak = float(data_range[1] - data_range[0])
+    return mse, float(10 * torch.log10(torch.tensor(peak ** 2 / max(mse, 1e-20))))
+
+
 @dataclasses.dataclass
 class Evaluation:
     nfe: int
@@ -104,6 +112,8 @@ class Evaluation:
     sample_seconds_per_image: float
     batch_size: int
     samples: torch.Tensor
+    teacher_mse: float = float("nan")
+    teacher_psnr: float = float("nan")
 
     def row(self) -> dict:
         return {k: v for k, v in dataclasses.asdict(self).items() if k != "samples"}

@@ -68,8 +68,8 @@ class Method(abc.ABC):
 
     def check_nfe(self, nfe: int) -> None:
         if not 1 <= nfe <= self.max_nfe():
-            raise BenchError(f"NFE {nfe} is outside 1..{self.max_nfe()} for teacher with "
-                             f"{self.teacher.T} steps; choose --nfe within that range")
+            raise BenchError(f"NFE {nfe} is outside 1..{self.max_nfe()} for {type(self).__name__} "
+                             f"on a teacher with {self.teacher.T} steps; choose --nfe within that range")
 
     @abc.abstractmethod
     def sampler(self, nfe: int) -> Sampler:

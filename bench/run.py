@@ -31,6 +31,8 @@ class RunConfig:
     batch_size: int = option(250, "sampling batch size (results do not depend on it)")
     seed: int = option(0, "base seed: sample i uses noise seeded by (seed, i)")
     device: str = option("auto", "auto, cpu, cuda or cuda:N")
+    fidelity_steps: int = option(64, "teacher fidelity: MSE/PSNR against the teacher's DDIM with "
+                                     "this many steps from the same noise (0: off)")
     experiment: str = option("distill-bench", "MLflow experiment name")
     tracking_uri: Optional[str] = option(None, "MLflow tracking URI (default: sqlite in the cwd)")
 
@@ -101,7 +103,8 @@ def run(run_cfg: RunConfig, method_overrides: Mapping[str, Any] = (), progress: 
         cost = dict(method.distill(ctx))
         cost["distill_seconds"] = time.perf_counter() - start
         mlflow.log_metrics(cost)
-        rows = _evaluate_all(run_cfg, method, teacher, extractor, ref, device, progress)
+        anchor = _fidelity_anchor(run_cfg, teacher, device)
+        rows = _evaluate_all(run_cfg, method, teacher, extractor, ref, anchor, device, progress)
         _log_artifacts(run_cfg, method, params, rows, teacher)
         return RunResult(active.info.run_id, [r.row() for r in rows], cost, extractor.name)
 
@@ -127,11 +130,24 @@ def _reference_features(teacher, extractor) -> torch.Tensor:
     return features_of(extractor, teacher.reference())
 
 
-def _evaluate_all(run_cfg, method, teacher, extractor, ref, device, progress):
+def _fidelity_anchor(run_cfg, teacher, device) -> Optional[torch.Tensor]:
+    """The teacher's many-step DDIM samples for the run's seeds (None if switched off)."""
+    from bench.evaluator import generate
+    from bench.sampling import ddim_sample
+
+    if run_cfg.fidelity_steps <= 0:
+        return None
+    steps = teacher.schedule.timesteps(min(run_cfg.fidelity_steps, teacher.T))
+    with torch.no_grad():
+        return generate(lambda noise: ddim_sample(teacher, noise, steps), teacher.sample_shape,
+                        run_cfg.num_samples, run_cfg.seed, run_cfg.batch_size, device).samples
+
+
+def _evaluate_all(run_cfg, method, teacher, extractor, ref, anchor, device, progress):
     import mlflow
     from tqdm.auto import tqdm
 
-    from bench.evaluator import evaluate
+    from bench.evaluator import evaluate, teacher_fidelity
 
     rows = []
     total = len(run_cfg.nfe) * run_cfg.num_samples
@@ -141,8 +157,12 @@ def _evaluate_all(run_cfg, method, teacher, extractor, ref, device, progress):
             with torch.no_grad():
                 ev = evaluate(method.sampler(k), k, teacher.sample_shape, ref, extractor,
                               run_cfg.num_samples, run_cfg.seed, run_cfg.batch_size, device, bar.update)
-            mlflow.log_metrics({"fid": ev.fid, "kid": ev.kid, "kid_std": ev.kid_std,
-                                "sample_seconds_per_image": ev.sample_seconds_per_image}, step=k)
+            metrics = {"fid": ev.fid, "kid": ev.kid, "kid_std": ev.kid_std,
+                       "sample_seconds_per_image": ev.sample_seconds_per_image}
+            if anchor is not None:
+                ev.teacher_mse, ev.teacher_psnr = teacher_fidelity(ev.samples, anchor, teacher.data_range)
+                metrics.update(teacher_mse=ev.teacher_mse, teacher_psnr=ev.teacher_psnr)
+            mlflow.log_metrics(metrics, step=k)
             rows.append(ev)
     return rows
 

@@ -1,9 +1,14 @@
 """Students: networks g_theta(eps, t) that map the noise itself to a point of the trajectory.
 
 Where the teacher has a network (diffusers UNet) the student is a trainable copy of it, so it
-starts from the teacher's weights, and its output is read in the teacher's parameterisation
-with x_t := eps. Analytic teachers have no weights; their students are small MLPs that
-predict y directly.
+starts from the teacher's weights. Its output is read as y through the teacher's own x0
+conversion *frozen at t_max*: g = c_skip eps + c_out net(eps, t). Reading it at the current t
+instead would be degenerate: at t = -1 (sigma = 0) a v- or eps-network's x0 is its input,
+so g(eps, -1) = eps whatever the weights. Frozen at t_max, a v-teacher's student starts at
+g = f_phi(eps, t_max) (the first point of the trajectory) for every t. An eps-teacher's x0
+conversion at t_max divides by alpha_{t_max} (1/0.0064 for DDPM), so its student reads the
+head as y directly (c_skip = 0, c_out = 1): initialisation then provides features, not
+outputs. Analytic teachers have no weights; their students are small MLPs predicting y.
 """
 from __future__ import annotations
 
@@ -38,24 +43,18 @@ class TimeMLP(nn.Module):
 class Student(nn.Module):
     """g_theta(eps, t) -> y_t = (x_t - sigma_t eps) / alpha_t of the teacher's DDIM trajectory."""
 
-    def __init__(self, teacher: Teacher, width: int = 256):
+    def __init__(self, teacher: Teacher, width: int = 256, t_max: int | None = None):
         super().__init__()
+        self.c_skip, self.c_out = 0.0, 1.0
         if any(True for _ in teacher.net.parameters()):
             self.net = copy.deepcopy(teacher.net).requires_grad_(True).train()
-            self.param = teacher.prediction_type
+            if teacher.prediction_type == "v_prediction":  # x0 = alpha x_t - sigma v at t_max
+                t_max = torch.tensor(float(t_max if t_max is not None else teacher.T - 1))
+                self.c_skip = float(teacher.schedule.alpha(t_max))
+                self.c_out = -float(teacher.schedule.sigma(t_max))
         else:
             dim = int(torch.tensor(teacher.sample_shape).prod())
             self.net = TimeMLP(dim, teacher.T, width)
-            self.param = "sample"
-        self.schedule = teacher.schedule
-        self._coefficients = teacher.coefficients
 
     def forward(self, eps: torch.Tensor, t: torch.Tensor, cond=None) -> torch.Tensor:
-        out = self.net(eps, t.float(), cond)
-        if self.param == "sample":
-            return out
-        a, s = self._coefficients(t, eps)
-        a, s = a.to(out.dtype), s.to(out.dtype)
-        if self.param == "v_prediction":  # x0 = alpha x_t - sigma v, at x_t = eps
-            return a * eps - s * out
-        return (eps - s * out) / a  # epsilon: f = (x_t - sigma e) / alpha
+        return self.c_skip * eps + self.c_out * self.net(eps, t.float(), cond)

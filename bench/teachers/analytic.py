@@ -35,6 +35,8 @@ class GaussianMixtureDenoiser(nn.Module):
         resid = x - a * self.mu
         log_lik = -0.5 * (resid ** 2 / var + torch.log(2 * math.pi * var)).sum(-1)
         resp = torch.softmax(self.log_w + log_lik, dim=-1)  # (B, K)
+        if cond is not None:  # class-conditional: the class is the component
+            resp = torch.nn.functional.one_hot(cond.long(), resp.shape[-1]).to(resp.dtype)
         post = self.mu + a * self.s2 * resid / var  # (B, K, D) per-component E[x | x_t, k]
         return (resp[..., None] * post).sum(1).view_as(x_t).to(x_t.dtype)
 
@@ -47,11 +49,12 @@ def gaussian_teacher(mu: torch.Tensor, std: torch.Tensor, schedule: NoiseSchedul
 
 
 def mixture_teacher(means, stds, weights, schedule: NoiseSchedule | None = None,
-                    name: str = "mixture") -> Teacher:
+                    name: str = "mixture", conditional: bool = False) -> Teacher:
+    """Teacher for a diagonal Gaussian mixture; ``conditional``: class c is component c."""
     schedule = schedule or NoiseSchedule.linear()
     net = GaussianMixtureDenoiser(means, stds, weights, schedule)
     return Teacher(net, schedule, "sample", (net.mu.shape[1],), Provenance("analytic", name),
-                   clip_x0=False, is_image=False)
+                   clip_x0=False, is_image=False, num_classes=len(weights) if conditional else None)
 
 
 def exact_ode_map(eps: torch.Tensor, mu, std, schedule: NoiseSchedule, t_max: int) -> torch.Tensor:

@@ -1,0 +1,189 @@
+"""BOOT against its definition (DESIGN.md) and against exact teachers."""
+import dataclasses
+
+import pytest
+import torch
+
+from bench import config as cfgs
+from bench.method import DistillContext
+from bench.sampling import ddim_step
+from bench.teachers import load_teacher
+from bench.teachers.analytic import exact_ode_map, gaussian_teacher, gmm2d_params, mixture_teacher
+from methods.boot import BOOT, BOOTConfig
+
+CPU = torch.device("cpu")
+
+
+def _ctx(tmp_path=None, logs=None):
+    return DistillContext(log=lambda m, s: logs.append((s, m)) if logs is not None else None,
+                          device=CPU, seed=0, workdir=tmp_path or "checkpoints", progress=False)
+
+
+def _boot(teacher, **overrides):
+    return BOOT(teacher, cfgs.replace(BOOTConfig(), overrides), CPU)
+
+
+def test_target_is_one_teacher_ddim_step_in_y():
+    teacher = load_teacher("gmm2d")
+    m = _boot(teacher)
+    eps = torch.randn(64, 2, generator=torch.Generator().manual_seed(0))
+    t = torch.linspace(30, 999, 64)
+    s = t - 20
+    target, one_minus_r = m.bootstrap_target(eps, t, s, None)
+    # the same step done in x-space by the DDIM sampler, then mapped to y
+    with torch.no_grad():
+        g = m.student(eps, t)
+    for i in range(0, 64, 9):
+        a_t, sig_t = teacher.coefficients(t[i], eps[i:i + 1])
+        x_t = a_t * g[i:i + 1] + sig_t * eps[i:i + 1]
+        x_s = ddim_step(teacher, x_t, float(t[i]), float(s[i]))
+        a_s, sig_s = teacher.coefficients(s[i], eps[i:i + 1])
+        y_s = (x_s - sig_s * eps[i:i + 1]) / a_s
+        assert torch.allclose(target[i:i + 1], y_s, atol=1e-5, rtol=1e-4)
+    assert not target.requires_grad
+    r = m.ratio(t, s)
+    sch = teacher.schedule
+    assert torch.allclose(one_minus_r.flatten(), 1 - sch.alpha(t) * sch.sigma(s) / (sch.sigma(t) * sch.alpha(s)))
+    assert bool(((r > 0) & (r < 1)).all())
+
+
+def test_gradients_flow_only_through_the_s_branch():
+    teacher = load_teacher("gmm2d")
+    m = _boot(teacher, batch_size=16)
+    gen = torch.Generator().manual_seed(3)
+    losses, _ = m.loss(0, gen)
+    grads = torch.autograd.grad(losses.mean(), list(m.student.parameters()))
+    # recompute with the same draws, but with every target explicitly a constant
+    gen = torch.Generator().manual_seed(3)
+    calls = []
+    original = m.student.forward
+
+    def spy(eps, t, cond=None):
+        calls.append(torch.is_grad_enabled())
+        return original(eps, t, cond)
+
+    m.student.forward = spy
+    losses2, _ = m.loss(0, gen)
+    assert calls == [False, True]  # t-branch without grad, then the s-branch with grad
+    assert torch.allclose(losses, losses2)
+    for g in grads:
+        assert torch.isfinite(g).all()
+
+
+def test_boundary_targets():
+    teacher = load_teacher("gaussian")
+    eps = torch.randn(8, 16, generator=torch.Generator().manual_seed(1))
+    m = _boot(teacher, boundary="definition")
+    e64 = eps.double()
+    a, s = teacher.coefficients(999, e64)  # y = (x - sigma eps) / alpha with x = eps, in float64
+    assert torch.allclose(m.boundary_target(eps, None).double(), (e64 - s * e64) / a, atol=1e-6)
+    m = _boot(teacher, boundary="teacher")
+    assert torch.allclose(m.boundary_target(eps, None), teacher.x0(eps, 999))
+    # auto: the linear DDPM schedule keeps y_{t_max} in its first step (r ~ 1), so 'definition';
+    # the digits teacher's cosine schedule forgets it (r ~ 0), so 'teacher'
+    assert _boot(teacher).boundary_mode == "definition"
+    assert _boot(load_teacher("digits")).boundary_mode == "teacher"
+
+
+def test_guided_teacher_prediction():
+    means, stds, weights = gmm2d_params()
+    teacher = mixture_teacher(means, stds, weights, conditional=True)
+    m = _boot(teacher, guidance_scale=3.0)
+    x = torch.randn(8, 2, generator=torch.Generator().manual_seed(2))
+    c = torch.arange(8)
+    f_c, f_u = teacher.x0(x, 500, c), teacher.x0(x, 500, None)
+    assert torch.allclose(m.guided_x0(x, torch.full((8,), 500.0), c), f_u + 3.0 * (f_c - f_u))
+    losses, teacher_nfe = m.loss(0, torch.Generator().manual_seed(0))
+    assert teacher_nfe == pytest.approx(2 * (64 - 8) / 64)  # guided rows cost two forwards
+
+
+def test_checkpoint_resume_is_exact(tmp_path):
+    teacher = load_teacher("gmm2d")
+    straight = _boot(teacher, iterations=20, batch_size=16, checkpoint_every=10)
+    straight.distill(_ctx(tmp_path / "a"))
+    ckpt = tmp_path / "a" / "checkpoint_0000010.pt"
+    resumed = _boot(teacher, iterations=20, batch_size=16, resume_from=str(ckpt))
+    resumed.distill(_ctx(tmp_path / "b"))
+    for p, q in zip(straight.ema.parameters(), resumed.ema.parameters()):
+        assert torch.equal(p, q)
+
+
+def test_one_step_matches_exact_ode_map_on_gaussian():
+    """BOOT learns the teacher's DDIM trajectory at step delta (T / delta = 50 DDIM steps), not
+    the exact ODE, whose own first-order error is known here. So the tolerance is DDIM-50's
+    error plus a margin for fitting: per-dimension mean within 0.03, std ratio within 0.1 of
+    DDIM-50's, and RMSE to the exact map at most DDIM-50's + 0.03."""
+    from bench.sampling import ddim_sample
+
+    mu = torch.linspace(-0.5, 0.5, 4, dtype=torch.float64)
+    std = torch.tensor([0.2, 0.3, 0.4, 0.5], dtype=torch.float64)
+    teacher = gaussian_teacher(mu, std)
+    m = _boot(teacher, iterations=3000, lr=1e-3, batch_size=64, mlp_width=128, delta=20)
+    logs = []
+    m.distill(_ctx(logs=logs))
+    eps = torch.randn(4000, 4, generator=torch.Generator().manual_seed(7))
+    with torch.no_grad():
+        x = m.sampler(1)(eps).double()
+    exact = exact_ode_map(eps.double(), mu, std, teacher.schedule, 999)
+    ddim = ddim_sample(teacher, eps.double(), teacher.schedule.timesteps(50))
+    assert (x.mean(0) - mu).abs().max() < 0.03, x.mean(0) - mu
+    assert (x.std(0) / std - ddim.std(0) / std).abs().max() < 0.1, (x.std(0) / std, ddim.std(0) / std)
+    rmse, rmse_ddim = (x - exact).pow(2).mean().sqrt(), (ddim - exact).pow(2).mean().sqrt()
+    assert rmse < rmse_ddim + 0.03, (rmse, rmse_ddim)
+    # the boundary term pins the start of the trajectory
+    with torch.no_grad():
+        start = m.ema(eps, torch.full((4000,), 999.0))
+    assert (start - m.boundary_target(eps, None)).abs().mean() < 0.02
+    losses = [m_["train/loss"] for _, m_ in logs]
+    assert sum(losses[-10:]) < sum(losses[:10])
+
+
+def test_gmm2d_covers_all_modes():
+    """Every one of the 8 modes gets its share, and one step lands on the modes more often
+    than DDIM with 10 steps (0.36 within 3 std); DDIM-50 reaches 0.98, so there is room."""
+    from bench.sampling import ddim_sample
+
+    teacher = load_teacher("gmm2d")
+    m = _boot(teacher, iterations=3000, lr=1e-3, batch_size=64)
+    m.distill(_ctx())
+    eps = torch.randn(2000, 2, generator=torch.Generator().manual_seed(5))
+    means = gmm2d_params()[0].float()
+
+    def on_mode(x):
+        nearest = torch.cdist(x.float(), means).min(1)
+        return torch.bincount(nearest.indices, minlength=8), float((nearest.values < 0.15).float().mean())
+
+    with torch.no_grad():
+        counts, sharp = on_mode(m.sampler(1)(eps))
+    _, sharp_ddim10 = on_mode(ddim_sample(teacher, eps, teacher.schedule.timesteps(10)))
+    assert bool((counts > 2000 / 8 * 0.75).all()), counts
+    assert sharp > sharp_ddim10 + 0.1, (sharp, sharp_ddim10)
+
+
+def test_boot_run_logs_training_and_student(tracking_uri, capsys):
+    from mlflow.tracking import MlflowClient
+
+    from bench.cli import main
+
+    assert main(["run", "--method", "boot", "--teacher", "gmm2d", "--num-samples", "200",
+                 "--set", "iterations=40", "--set", "eval_every=20", "--set", "eval_samples=100",
+                 "--set", "batch_size=32", "--tracking-uri", tracking_uri, "--quiet"]) == 0
+    client = MlflowClient(tracking_uri)
+    (run,) = client.search_runs([client.get_experiment_by_name("distill-bench").experiment_id])
+    rid = run.info.run_id
+    assert [m.step for m in client.get_metric_history(rid, "fid")] == [1]  # BOOT is one-step
+    assert [m.step for m in client.get_metric_history(rid, "train/fid")] == [20, 40]
+    nfe = client.get_metric_history(rid, "train/teacher_nfe")
+    assert nfe[-1].step == 40 and nfe[-1].value == 40 * (32 - 4)  # 4 boundary rows need no teacher
+    assert {"train/loss", "train/seconds", "train/images_per_second", "distill_seconds",
+            "teacher_nfe", "train_seconds"} <= set(run.data.metrics)
+    assert run.data.params["method.delta"] == "20.0"
+    assert "student.safetensors" in {f.path for f in client.list_artifacts(rid)}
+
+
+def test_boot_rejects_multi_step_nfe(tracking_uri, capsys):
+    from bench.cli import main
+
+    assert main(["run", "--method", "boot", "--teacher", "gmm2d", "--nfe", "2",
+                 "--tracking-uri", tracking_uri, "--quiet"]) == 2
+    assert "NFE 2 is outside 1..1" in capsys.readouterr().err
