@@ -42,3 +42,25 @@ def save_samples(samples: torch.Tensor, path: Path) -> None:
     """Raw float samples as ``np.savez_compressed(path, x=...)``."""
     path.parent.mkdir(parents=True, exist_ok=True)
     np.savez_compressed(path, x=samples.numpy())
+
+
+def plot_training(history: list[dict], path: Path, title: str = "") -> None:
+    """Loss and quick FID against distillation wall-clock (the curve sweeps stop early on)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    loss = [(h["train/seconds"], h["train/loss"]) for h in history if "train/loss" in h]
+    fid = [(h["train/seconds"], h["train/fid"]) for h in history if "train/fid" in h]
+    fig, axes = plt.subplots(1, 2 if fid else 1, figsize=(9 if fid else 4.5, 3.5), squeeze=False)
+    if loss:
+        axes[0, 0].semilogy(*zip(*loss), lw=0.8)
+    axes[0, 0].set(xlabel="train seconds", ylabel="train/loss", title=title)
+    if fid:
+        axes[0, 1].plot(*zip(*fid), marker="o")
+        axes[0, 1].set(xlabel="train seconds", ylabel="train/fid (quick, small n)")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

@@ -114,7 +114,7 @@ _fidelity_registered = False
 
 
 @FEATURES.register("digits-cnn", "64-D features of a digits classifier (shipped); not Inception")
-def digits_cnn() -> FeatureExtractor:
+def digits_cnn(**_: object) -> FeatureExtractor:
     global _fidelity_registered
     from torch_fidelity import register_feature_extractor
 
@@ -130,12 +130,51 @@ def digits_cnn() -> FeatureExtractor:
 
 
 @FEATURES.register("points", "the samples themselves, flattened (low-dimensional analytic teachers)")
-def points() -> FeatureExtractor:
+def points(**_: object) -> FeatureExtractor:
     return FeatureExtractor("points", -1, "", lambda x: x.flatten(1))
 
 
-def get_extractor(name: str) -> FeatureExtractor:
-    return FEATURES.get(name)()
+INCEPTION_FILE = "weights-inception-2015-12-05-6726825d.pth"
+INCEPTION_ENV = "BENCH_INCEPTION_WEIGHTS"
+
+
+def inception_weights_path(path: str | None = None) -> Path:
+    """--inception-weights, else $BENCH_INCEPTION_WEIGHTS, else torch hub's checkpoint cache."""
+    import os
+
+    candidates = [path, os.environ.get(INCEPTION_ENV),
+                  str(Path(torch.hub.get_dir()) / "checkpoints" / INCEPTION_FILE)]
+    for c in candidates:
+        if c and Path(c).is_file():
+            return Path(c)
+    raise BenchError(
+        f"Inception weights not found (looked at {', '.join(str(c) for c in candidates if c)}); "
+        f"download {INCEPTION_FILE} from torch-fidelity's v0.2.0 release on a connected machine and "
+        f"pass --inception-weights PATH, set {INCEPTION_ENV}, or put it in "
+        f"{Path(torch.hub.get_dir()) / 'checkpoints'}")
+
+
+@FEATURES.register("inception-v3-compat", "2048-D pool features of torch-fidelity's InceptionV3 (standard FID)")
+def inception(inception_weights: str | None = None, device: str = "cpu", **_: object) -> FeatureExtractor:
+    from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
+
+    from bench.teachers.diffusers_teacher import sha256_of
+
+    path = inception_weights_path(inception_weights)
+    try:  # refuse a file that is not a plain state dict before torch-fidelity unpickles it
+        torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise BenchError(f"{path} is not a loadable InceptionV3 state dict ({type(exc).__name__}); "
+                         f"replace it with {INCEPTION_FILE}") from None
+    net = FeatureExtractorInceptionV3("inception-v3-compat", ["2048"],
+                                      feature_extractor_weights_path=str(path)).to(device)
+    return FeatureExtractor("inception-v3-compat", 2048, sha256_of(path),
+                            lambda x: net(to_uint8(x).to(device))[0])
+
+
+def get_extractor(name: str, **options: object) -> FeatureExtractor:
+    """Build a registered extractor; options (e.g. inception_weights, device) go to its factory."""
+    return FEATURES.get(name)(**options)
 
 
 def train_digits_cnn(out: Path = DIGITS_CNN_WEIGHTS, epochs: int = 40, seed: int = 0) -> float:

@@ -178,7 +178,7 @@ def test_boot_run_logs_training_and_student(tracking_uri, capsys):
     assert {"train/loss", "train/seconds", "train/images_per_second", "distill_seconds",
             "teacher_nfe", "train_seconds"} <= set(run.data.metrics)
     assert run.data.params["method.delta"] == "20.0"
-    assert "student.safetensors" in {f.path for f in client.list_artifacts(rid)}
+    assert {"student.safetensors", "training_curve.png"} <= {f.path for f in client.list_artifacts(rid)}
 
 
 def test_boot_rejects_multi_step_nfe(tracking_uri, capsys):
@@ -187,3 +187,25 @@ def test_boot_rejects_multi_step_nfe(tracking_uri, capsys):
     assert main(["run", "--method", "boot", "--teacher", "gmm2d", "--nfe", "2",
                  "--tracking-uri", tracking_uri, "--quiet"]) == 2
     assert "NFE 2 is outside 1..1" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])
+def test_boot_trains_on_diffusers_teachers(prediction_type, tmp_path):
+    """The hub path: a UNet teacher (here tiny, random) is copied into the student and trained."""
+    from diffusers import DDPMScheduler
+
+    from bench.teachers.base import Provenance
+    from bench.teachers.diffusers_teacher import unet_teacher
+    from conftest import tiny_unet
+
+    sched = DDPMScheduler(num_train_timesteps=1000, beta_schedule="linear", prediction_type=prediction_type)
+    teacher = unet_teacher(tiny_unet(), sched, Provenance("test"))
+    m = _boot(teacher, iterations=3, batch_size=8)
+    assert m.boundary_mode == "definition"  # linear DDPM: alpha_{t_max} = 0.0064, r ~ 0.97
+    before = [p.clone() for p in m.student.parameters()]
+    cost = m.distill(_ctx(tmp_path))
+    assert cost["teacher_nfe"] == 3 * (8 - 1)
+    assert any(not torch.equal(a, b) for a, b in zip(before, m.student.parameters()))
+    assert all(torch.equal(a, b) for a, b in zip(teacher.net.unet.parameters(), tiny_unet().parameters()))
+    x = m.sampler(1)(torch.randn(4, 1, 8, 8))
+    assert x.shape == (4, 1, 8, 8) and torch.isfinite(x).all()
