@@ -9,7 +9,7 @@ from typing import Optional, Sequence
 from bench.errors import BenchError
 
 RUN_FLAGS = ("method", "teacher", "teacher_path", "nfe", "num_samples", "batch_size", "seed",
-             "device", "experiment", "tracking_uri")
+             "device", "experiment", "tracking_uri", "reference", "metrics", "inception_weights")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -24,6 +24,9 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--batch-size", help="sampling batch size")
     r.add_argument("--seed", help="base seed")
     r.add_argument("--device", help="auto, cpu, cuda, cuda:N")
+    r.add_argument("--reference", help="auto, data, teacher, folder:PATH or stats:PATH.npz")
+    r.add_argument("--metrics", help="comma-separated: fid,kid,pr (default all)")
+    r.add_argument("--inception-weights", help="path of weights-inception-2015-12-05-6726825d.pth")
     r.add_argument("--config", help="YAML file: run fields, plus 'set:' for method fields")
     r.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="method config field (repeatable); bench ls --method NAME lists them")
@@ -75,11 +78,12 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def format_summary(rows, extractor: str) -> str:
-    head = (f"{'NFE':>5}  {'FID[' + extractor + ']':>18}  {'KID':>9}  {'PSNR vs teacher':>15}  "
-            f"{'s/image':>9}  {'n':>6}")
+    head = (f"{'NFE':>5}  {'FID[' + extractor + ']':>18}  {'KID':>8}  {'prec':>5}  {'recall':>6}  "
+            f"{'PSNR vs teacher':>15}  {'s/image':>9}  {'n':>6}")
     lines = [head, "-" * len(head)]
     for r in rows:
-        lines.append(f"{r['nfe']:>5}  {r['fid']:>18.3f}  {r['kid']:>9.4f}  {r['teacher_psnr']:>12.2f} dB  "
+        lines.append(f"{r['nfe']:>5}  {r['fid']:>18.3f}  {r['kid']:>8.4f}  {r['precision']:>5.3f}  "
+                     f"{r['recall']:>6.3f}  {r['teacher_psnr']:>12.2f} dB  "
                      f"{r['sample_seconds_per_image']:>9.2e}  {r['n']:>6}")
     return "\n".join(lines)
 

@@ -1,24 +1,29 @@
 """The shared evaluator: a pure function of (sampler, seeds, reference, metric settings).
 
 Sample i is drawn from noise seeded by (seed, i) alone (cf. EDM's generate.py), so no
-result depends on the batch size or on how seeds are split across batches. FID and KID
-come from torch-fidelity's own formulas applied to features of the chosen extractor.
+result depends on the batch size or on how seeds are split across batches. Features are
+computed batch by batch and folded into float64 running sums, so FID at n = 50,000 never
+holds all images or features in memory; KID and precision/recall use the first
+``keep_features`` features. FID, KID and precision/recall are torch-fidelity's own formulas.
 Timing follows DESIGN.md: one warm-up batch, device synchronisation, the median over
 full-size batches, reported per image at a stated batch size.
 """
 from __future__ import annotations
 
 import dataclasses
+import math
 import statistics
 import time
 from typing import Callable, Optional, Sequence
 
+import numpy as np
 import torch
 
 from bench.errors import BenchError
 from bench.features import FeatureExtractor
 
-MIN_FID_SAMPLES = 2  # a covariance needs two points; FID with n < feature dim is biased (say so)
+METRICS = ("fid", "kid", "pr")
+KEEP_FEATURES = 10_000  # KID subsets of 1000 and k-NN precision/recall need no more
 
 
 def sample_seed(seed: int, i: int) -> int:
@@ -41,46 +46,68 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-@dataclasses.dataclass
-class Generated:
-    samples: torch.Tensor  # (n, *shape) on the CPU, in the teacher's data range
-    seconds_per_image: float  # median over full-size batches after one warm-up batch
-    batch_size: int
+class FeatureStats:
+    """Streaming mean and covariance (float64 sums) plus the first ``keep`` features."""
+
+    def __init__(self, keep: int = KEEP_FEATURES):
+        self.n, self.keep = 0, keep
+        self.s1: Optional[torch.Tensor] = None
+        self.s2: Optional[torch.Tensor] = None
+        self._kept: list[torch.Tensor] = []
+
+    def update(self, f: torch.Tensor) -> None:
+        f = f.double().flatten(1)
+        if self.s1 is None:
+            self.s1, self.s2 = torch.zeros(f.shape[1], dtype=torch.float64), torch.zeros(
+                f.shape[1], f.shape[1], dtype=torch.float64)
+        self.s1 += f.sum(0)
+        self.s2 += f.T @ f
+        room = self.keep - sum(len(k) for k in self._kept)
+        if room > 0:
+            self._kept.append(f[:room].float())
+        self.n += len(f)
+
+    @classmethod
+    def of(cls, features: torch.Tensor, keep: int = KEEP_FEATURES) -> "FeatureStats":
+        stats = cls(keep)
+        stats.update(features)
+        return stats
+
+    @property
+    def mu(self) -> np.ndarray:
+        return (self.s1 / self.n).numpy()
+
+    @property
+    def sigma(self) -> np.ndarray:
+        """Unbiased covariance, as np.cov (and so torch-fidelity) computes it."""
+        mu = self.s1 / self.n
+        return ((self.s2 - self.n * torch.outer(mu, mu)) / (self.n - 1)).numpy()
+
+    @property
+    def kept(self) -> torch.Tensor:
+        return torch.cat(self._kept) if self._kept else torch.empty(0)
 
 
-def generate(sampler: Callable, shape: tuple[int, ...], n: int, seed: int, batch_size: int,
-             device: torch.device, progress: Optional[Callable[[int], None]] = None) -> Generated:
-    """Draw n samples (seeds 0..n-1 under ``seed``) in batches and time each batch."""
-    batches = [range(i, min(i + batch_size, n)) for i in range(0, n, batch_size)]
-    sampler(seed_noise(seed, batches[0], shape).to(device))  # warm-up: lazy init, caches
-    _sync(device)
-    out, times = [], []
-    for idx in batches:
-        noise = seed_noise(seed, idx, shape).to(device)
-        start = time.perf_counter()
-        x = sampler(noise)
-        _sync(device)
-        times.append((len(idx), time.perf_counter() - start))
-        out.append(x.float().cpu())
-        if progress:
-            progress(len(idx))
-    full = [sec for size, sec in times if size == len(batches[0])]
-    return Generated(torch.cat(out), statistics.median(full) / len(batches[0]), len(batches[0]))
+def fid_from_stats(mu1, sigma1, mu2, sigma2) -> float:
+    """Fréchet distance between two Gaussians (torch-fidelity's formula, float64)."""
+    from torch_fidelity.metric_fid import KEY_METRIC_FID, fid_statistics_to_metric
+
+    a = {"mu": np.asarray(mu1, np.float64), "sigma": np.asarray(sigma1, np.float64)}
+    b = {"mu": np.asarray(mu2, np.float64), "sigma": np.asarray(sigma2, np.float64)}
+    return float(fid_statistics_to_metric(a, b, verbose=False)[KEY_METRIC_FID])
 
 
-def features_of(extractor: FeatureExtractor, x: torch.Tensor, batch_size: int = 500) -> torch.Tensor:
-    return torch.cat([extractor(chunk) for chunk in x.split(batch_size)])
+def check_fid_n(n: int, dim: int) -> None:
+    if n < 2 or (dim > 0 and n < dim):
+        raise BenchError(f"FID needs at least as many samples as feature dimensions ({max(dim, 2)}), "
+                         f"got n={n}: the covariance is rank-deficient and FID meaningless; raise "
+                         f"--num-samples, or use --metrics kid, which is unbiased at small n")
 
 
 def fid_from_features(a: torch.Tensor, b: torch.Tensor) -> float:
-    """Fréchet distance between Gaussians fitted to two feature sets (torch-fidelity's formula)."""
-    from torch_fidelity.metric_fid import KEY_METRIC_FID, fid_features_to_statistics, fid_statistics_to_metric
-
-    if min(len(a), len(b)) < MIN_FID_SAMPLES:
-        raise BenchError(f"FID needs at least {MIN_FID_SAMPLES} samples per side, got {len(a)} and "
-                         f"{len(b)}; raise --num-samples or rely on KID")
-    sa, sb = fid_features_to_statistics(a.double()), fid_features_to_statistics(b.double())
-    return float(fid_statistics_to_metric(sa, sb, verbose=False)[KEY_METRIC_FID])
+    check_fid_n(min(len(a), len(b)), 0)
+    sa, sb = FeatureStats.of(a, keep=0), FeatureStats.of(b, keep=0)
+    return fid_from_stats(sa.mu, sa.sigma, sb.mu, sb.sigma)
 
 
 def kid_from_features(a: torch.Tensor, b: torch.Tensor, subsets: int = 100,
@@ -94,12 +121,34 @@ def kid_from_features(a: torch.Tensor, b: torch.Tensor, subsets: int = 100,
     return float(out[KEY_METRIC_KID_MEAN]), float(out[KEY_METRIC_KID_STD])
 
 
-def teacher_fidelity(x: torch.Tensor, anchor: torch.Tensor, data_range=(-1.0, 1.0)) -> tuple[float, float]:
-    """MSE and PSNR (dB, peak = the data range) of samples against the teacher's many-step
-    samples from the same noise: how faithfully a method reproduces its teacher's map."""
-    mse = float((x.double() - anchor.double()).pow(2).mean())
-    peak = float(data_range[1] - data_range[0])
-    return mse, float(10 * torch.log10(torch.tensor(peak ** 2 / max(mse, 1e-20))))
+def pr_from_features(fake: torch.Tensor, real: torch.Tensor, k: int = 3) -> tuple[float, float]:
+    """Improved precision and recall (Kynkäänniemi et al. 2019), torch-fidelity's k-NN version."""
+    from torch_fidelity.metric_prc import KEY_METRIC_PRECISION, KEY_METRIC_RECALL, prc_features_to_metric
+
+    out = prc_features_to_metric(fake.float(), real.float(), prc_neighborhood=k,
+                                 prc_batch_size=10000, verbose=False)
+    return float(out[KEY_METRIC_PRECISION]), float(out[KEY_METRIC_RECALL])
+
+
+def psnr(mse: float, data_range=(-1.0, 1.0)) -> float:
+    """PSNR in dB with the data range as peak."""
+    return 10 * math.log10((data_range[1] - data_range[0]) ** 2 / max(mse, 1e-20))
+
+
+@dataclasses.dataclass
+class Reference:
+    """What samples are scored against: FID statistics, and features for KID/PR if known."""
+
+    mu: np.ndarray
+    sigma: np.ndarray
+    n: int
+    features: Optional[torch.Tensor] = None  # None for a statistics-only (.npz) reference
+    description: str = ""
+
+    @classmethod
+    def from_features(cls, features: torch.Tensor, description: str = "") -> "Reference":
+        stats = FeatureStats.of(features)
+        return cls(stats.mu, stats.sigma, stats.n, stats.kept, description)
 
 
 @dataclasses.dataclass
@@ -109,23 +158,99 @@ class Evaluation:
     fid: float
     kid: float
     kid_std: float
+    precision: float
+    recall: float
     sample_seconds_per_image: float
     batch_size: int
-    samples: torch.Tensor
+    samples: torch.Tensor  # the first ``keep_samples`` samples, on the CPU
     teacher_mse: float = float("nan")
     teacher_psnr: float = float("nan")
+    sample_peak_memory_mb: float = float("nan")
 
     def row(self) -> dict:
         return {k: v for k, v in dataclasses.asdict(self).items() if k != "samples"}
 
+    def metrics(self) -> dict[str, float]:
+        keys = ("fid", "kid", "kid_std", "precision", "recall", "sample_seconds_per_image",
+                "teacher_mse", "teacher_psnr", "sample_peak_memory_mb")
+        return {k: getattr(self, k) for k in keys if not math.isnan(getattr(self, k))}
 
-def evaluate(sampler: Callable, nfe: int, shape: tuple[int, ...], reference_features: torch.Tensor,
-             extractor: FeatureExtractor, n: int, seed: int, batch_size: int,
+
+@dataclasses.dataclass
+class Generated:
+    samples: torch.Tensor  # the first ``keep`` samples, on the CPU, in the teacher's data range
+    seconds_per_image: float  # median over full-size batches after one warm-up batch
+    batch_size: int
+    peak_memory_mb: float = float("nan")  # CUDA only: peak allocated while sampling
+
+
+def generate(sampler: Callable, shape: tuple[int, ...], n: int, seed: int, batch_size: int,
              device: torch.device, progress: Optional[Callable[[int], None]] = None,
-             with_kid: bool = True) -> Evaluation:
-    """Generate n samples with ``sampler`` and score them against the reference features."""
-    gen = generate(sampler, shape, n, seed, batch_size, device, progress)
-    feats = features_of(extractor, gen.samples)
-    fid = fid_from_features(feats, reference_features)
-    kid, kid_std = kid_from_features(feats, reference_features) if with_kid else (float("nan"),) * 2
-    return Evaluation(nfe, n, fid, kid, kid_std, gen.seconds_per_image, gen.batch_size, gen.samples)
+             on_batch: Optional[Callable[[range, torch.Tensor], None]] = None,
+             keep: Optional[int] = None) -> Generated:
+    """Draw n samples (seeds 0..n-1 under ``seed``) batch by batch, timing each batch.
+
+    ``on_batch(indices, x)`` sees every batch (feature streaming); only the first ``keep``
+    samples (default: all) are returned.
+    """
+    keep = n if keep is None else keep
+    batches = [range(i, min(i + batch_size, n)) for i in range(0, n, batch_size)]
+    sampler(seed_noise(seed, batches[0], shape).to(device))  # warm-up: lazy init, caches
+    _sync(device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    out, times = [], []
+    for idx in batches:
+        noise = seed_noise(seed, idx, shape).to(device)
+        start = time.perf_counter()
+        x = sampler(noise)
+        _sync(device)
+        times.append((len(idx), time.perf_counter() - start))
+        x = x.float()
+        if on_batch:
+            on_batch(idx, x)
+        if idx.start < keep:
+            out.append(x[: keep - idx.start].cpu())
+        if progress:
+            progress(len(idx))
+    full = [sec for size, sec in times if size == len(batches[0])]
+    samples = torch.cat(out) if out else torch.empty((0,) + tuple(shape))
+    peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else float("nan")
+    return Generated(samples, statistics.median(full) / len(batches[0]), len(batches[0]), peak)
+
+
+def evaluate(sampler: Callable, nfe: int, shape: tuple[int, ...], reference: Reference,
+             extractor: FeatureExtractor, n: int, seed: int, batch_size: int, device: torch.device,
+             progress: Optional[Callable[[int], None]] = None, metrics: Sequence[str] = METRICS,
+             anchor: Optional[torch.Tensor] = None, data_range=(-1.0, 1.0),
+             keep_samples: Optional[int] = None) -> Evaluation:
+    """Generate n samples with ``sampler``, stream their features and score them.
+
+    ``anchor``: the teacher's many-step samples for the first len(anchor) seeds; teacher
+    fidelity is measured on those samples.
+    """
+    if "fid" in metrics:
+        check_fid_n(n, extractor.dim)
+    stats = FeatureStats()
+    sq_err = [0.0, 0]
+
+    def on_batch(idx: range, x: torch.Tensor) -> None:
+        stats.update(extractor(x))
+        if anchor is not None and idx.start < len(anchor):
+            m = min(len(idx), len(anchor) - idx.start)
+            diff = x[:m].double().cpu() - anchor[idx.start: idx.start + m].double()
+            sq_err[0] += float(diff.pow(2).sum())
+            sq_err[1] += diff.numel()
+
+    gen = generate(sampler, shape, n, seed, batch_size, device, progress, on_batch, keep_samples)
+    nan = float("nan")
+    fid = fid_from_stats(stats.mu, stats.sigma, reference.mu, reference.sigma) if "fid" in metrics else nan
+    has_feats = reference.features is not None and len(reference.features) > 1
+    kid, kid_std = kid_from_features(stats.kept, reference.features) if "kid" in metrics and has_feats else (nan, nan)
+    prec, rec = pr_from_features(stats.kept, reference.features) if "pr" in metrics and has_feats else (nan, nan)
+    ev = Evaluation(nfe, n, fid, kid, kid_std, prec, rec, gen.seconds_per_image, gen.batch_size,
+                    gen.samples, sample_peak_memory_mb=gen.peak_memory_mb)
+    if sq_err[1]:
+        mse = sq_err[0] / sq_err[1]
+        ev.teacher_mse, ev.teacher_psnr = mse, psnr(mse, data_range)
+    return ev

@@ -31,8 +31,15 @@ class RunConfig:
     batch_size: int = option(250, "sampling batch size (results do not depend on it)")
     seed: int = option(0, "base seed: sample i uses noise seeded by (seed, i)")
     device: str = option("auto", "auto, cpu, cuda or cuda:N")
+    metrics: tuple[str, ...] = option(("fid", "kid", "pr"), "metrics: fid, kid, pr (precision/recall)")
+    reference: str = option("auto", "auto, data, teacher (its own DDIM samples), folder:PATH or stats:PATH.npz")
+    reference_samples: int = option(2000, "n of a data-free (teacher) reference")
+    reference_steps: int = option(64, "DDIM steps of a data-free (teacher) reference")
+    inception_weights: Optional[str] = option(None, "local weights-inception-2015-12-05-6726825d.pth")
     fidelity_steps: int = option(64, "teacher fidelity: MSE/PSNR against the teacher's DDIM with "
                                      "this many steps from the same noise (0: off)")
+    fidelity_samples: int = option(1000, "teacher fidelity is measured on the first N seeds")
+    keep_samples: int = option(10_000, "samples kept per NFE for the samples/*.npz artifact")
     experiment: str = option("distill-bench", "MLflow experiment name")
     tracking_uri: Optional[str] = option(None, "MLflow tracking URI (default: sqlite in the cwd)")
 
@@ -41,6 +48,9 @@ class RunConfig:
             raise ValueError(f"every NFE must be >= 1, got {','.join(map(str, self.nfe)) or 'none'}")
         if self.num_samples < 2 or self.batch_size < 1:
             raise ValueError("num_samples must be >= 2 and batch_size >= 1")
+        unknown = set(self.metrics) - {"fid", "kid", "pr"}
+        if unknown or not self.metrics:
+            raise ValueError(f"metrics must be among fid, kid, pr; got {','.join(self.metrics)}")
 
 
 def resolve_device(name: str) -> torch.device:
@@ -75,6 +85,7 @@ class RunResult:
 def run(run_cfg: RunConfig, method_overrides: Mapping[str, Any] = (), progress: bool = True) -> RunResult:
     """Distill (if the method trains), evaluate every NFE, log everything to one MLflow run."""
     from bench.features import get_extractor
+    from bench.reference import build_reference
     from bench.teachers import load_teacher
     from bench.tracking import mlflow_run
 
@@ -85,16 +96,20 @@ def run(run_cfg: RunConfig, method_overrides: Mapping[str, Any] = (), progress: 
     run_cfg = dataclasses.replace(run_cfg, nfe=run_cfg.nfe or method.default_nfe())
     for k in run_cfg.nfe:
         method.check_nfe(k)
-    extractor = get_extractor(teacher.features)
+    extractor = get_extractor(teacher.features, inception_weights=run_cfg.inception_weights,
+                              device=str(device))
     import mlflow  # late: a bad teacher or NFE fails before this ~3 s import
 
     with mlflow_run(run_cfg.experiment, run_cfg.tracking_uri) as active:
         params = {"method": run_cfg.method, "teacher": run_cfg.teacher, "seed": run_cfg.seed,
                   "device": str(device), "n": run_cfg.num_samples, "batch_size": run_cfg.batch_size,
                   "nfe": ",".join(map(str, run_cfg.nfe)), "feature_extractor": extractor.name,
+                  "metrics": ",".join(run_cfg.metrics), "reference": run_cfg.reference,
                   **teacher.provenance.as_params(), **cfgs.to_params(method_cfg, "method.")}
         mlflow.log_params(params)
-        ref = _reference_features(teacher, extractor)
+        ref = build_reference(run_cfg.reference, teacher, extractor, run_cfg.reference_samples,
+                              run_cfg.reference_steps, run_cfg.seed, run_cfg.batch_size, device)
+        mlflow.log_params({"reference.resolved": ref.description, "reference.n": ref.n})
         ctx = DistillContext(
             log=lambda metrics, step: mlflow.log_metrics(metrics, step=step), device=device,
             seed=run_cfg.seed, workdir=Path("checkpoints") / active.info.run_id, progress=progress,
@@ -110,24 +125,17 @@ def run(run_cfg: RunConfig, method_overrides: Mapping[str, Any] = (), progress: 
 
 
 def _quick_eval(teacher, extractor, ref, run_cfg, device):
-    """FID of a sampler on n samples during training (the final evaluation's first n seeds)."""
+    """FID of a sampler on n samples during training (the final evaluation's first n seeds);
+    n is raised to the feature dimension where smaller, since FID is undefined below it."""
     from bench.evaluator import evaluate
 
     def quick(sampler, n: int) -> float:
+        n = max(n, extractor.dim, 2)
         with torch.no_grad():
             return evaluate(sampler, 0, teacher.sample_shape, ref, extractor, n, run_cfg.seed,
-                            run_cfg.batch_size, device, with_kid=False).fid
+                            run_cfg.batch_size, device, metrics=("fid",), keep_samples=0).fid
 
     return quick
-
-
-def _reference_features(teacher, extractor) -> torch.Tensor:
-    from bench.evaluator import features_of
-
-    if teacher.reference is None:
-        raise BenchError("this teacher has no reference data yet; FID needs a data-free reference "
-                         "(the teacher's own many-step samples), which the evaluator issue adds")
-    return features_of(extractor, teacher.reference())
 
 
 def _fidelity_anchor(run_cfg, teacher, device) -> Optional[torch.Tensor]:
@@ -135,19 +143,20 @@ def _fidelity_anchor(run_cfg, teacher, device) -> Optional[torch.Tensor]:
     from bench.evaluator import generate
     from bench.sampling import ddim_sample
 
-    if run_cfg.fidelity_steps <= 0:
+    if run_cfg.fidelity_steps <= 0 or run_cfg.fidelity_samples <= 0:
         return None
     steps = teacher.schedule.timesteps(min(run_cfg.fidelity_steps, teacher.T))
+    n = min(run_cfg.num_samples, run_cfg.fidelity_samples)
     with torch.no_grad():
         return generate(lambda noise: ddim_sample(teacher, noise, steps), teacher.sample_shape,
-                        run_cfg.num_samples, run_cfg.seed, run_cfg.batch_size, device).samples
+                        n, run_cfg.seed, run_cfg.batch_size, device).samples
 
 
 def _evaluate_all(run_cfg, method, teacher, extractor, ref, anchor, device, progress):
     import mlflow
     from tqdm.auto import tqdm
 
-    from bench.evaluator import evaluate, teacher_fidelity
+    from bench.evaluator import evaluate
 
     rows = []
     total = len(run_cfg.nfe) * run_cfg.num_samples
@@ -156,13 +165,10 @@ def _evaluate_all(run_cfg, method, teacher, extractor, ref, anchor, device, prog
             bar.set_postfix(nfe=k)
             with torch.no_grad():
                 ev = evaluate(method.sampler(k), k, teacher.sample_shape, ref, extractor,
-                              run_cfg.num_samples, run_cfg.seed, run_cfg.batch_size, device, bar.update)
-            metrics = {"fid": ev.fid, "kid": ev.kid, "kid_std": ev.kid_std,
-                       "sample_seconds_per_image": ev.sample_seconds_per_image}
-            if anchor is not None:
-                ev.teacher_mse, ev.teacher_psnr = teacher_fidelity(ev.samples, anchor, teacher.data_range)
-                metrics.update(teacher_mse=ev.teacher_mse, teacher_psnr=ev.teacher_psnr)
-            mlflow.log_metrics(metrics, step=k)
+                              run_cfg.num_samples, run_cfg.seed, run_cfg.batch_size, device, bar.update,
+                              metrics=run_cfg.metrics, anchor=anchor, data_range=teacher.data_range,
+                              keep_samples=run_cfg.keep_samples)
+            mlflow.log_metrics(ev.metrics(), step=k)
             rows.append(ev)
     return rows
 

@@ -39,7 +39,7 @@ class TrainConfig:
     precision: str = option("auto", "auto (bf16 autocast on CUDA, fp32 on CPU), fp32 or bf16")
     log_every: int = option(10, "log train/* metrics every N steps")
     eval_every: int = option(0, "quick FID of the student every N steps (0: off)")
-    eval_samples: int = option(256, "n of the quick evaluation")
+    eval_samples: int = option(256, "n of the quick evaluation (raised to the feature dimension if smaller)")
     checkpoint_every: int = option(0, "save a checkpoint every N steps (0: off)")
     resume_from: Optional[str] = option(None, "checkpoint file to resume from")
 

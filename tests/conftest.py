@@ -13,6 +13,12 @@ import torch  # noqa: E402
 torch.set_num_threads(2)
 
 
+@pytest.fixture(autouse=True)
+def _private_cache(tmp_path_factory, monkeypatch):
+    """Reference caches go to a per-test folder, never the user's ~/.cache."""
+    monkeypatch.setenv("BENCH_CACHE", str(tmp_path_factory.mktemp("cache")))
+
+
 @pytest.fixture
 def tracking_uri(tmp_path, monkeypatch):
     """A fresh sqlite MLflow store, with the working directory in tmp_path (artifacts go there)."""

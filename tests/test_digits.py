@@ -2,7 +2,7 @@
 import torch
 
 from bench.cli import main
-from bench.evaluator import evaluate
+from bench.evaluator import Reference, evaluate
 from bench.features import get_extractor
 from bench.teachers import load_teacher
 from bench.teachers.diffusers_teacher import sha256_of
@@ -27,7 +27,7 @@ def test_shipped_teacher_quality_pinned():
 
     teacher = load_teacher("digits")
     extractor = get_extractor("digits-cnn")
-    ref = extractor(teacher.reference())
+    ref = Reference.from_features(extractor(teacher.reference()))
     ddim = METHODS.get("ddim")(teacher, METHODS.get("ddim").Config(), torch.device("cpu"))
     dev = torch.device("cpu")
     fid16 = evaluate(ddim.sampler(16), 16, teacher.sample_shape, ref, extractor, 256, 0, 256, dev).fid

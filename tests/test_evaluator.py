@@ -4,7 +4,7 @@ import scipy.linalg
 import torch
 
 from bench.errors import BenchError
-from bench.evaluator import evaluate, fid_from_features, generate, seed_noise
+from bench.evaluator import FeatureStats, Reference, evaluate, fid_from_features, generate, seed_noise
 from bench.features import get_extractor
 from bench.teachers import load_teacher
 
@@ -25,9 +25,30 @@ def test_fid_matches_scipy_reference(dim):
     assert ours == pytest.approx(_scipy_fid(a, b), rel=1e-6)
 
 
+@pytest.mark.parametrize("dim", [4, 64])
+def test_fid_matches_pytorch_fid(dim):
+    from pytorch_fid.fid_score import calculate_frechet_distance
+
+    rng = np.random.default_rng(100 + dim)
+    a, b = rng.normal(size=(2000, dim)), rng.gamma(2.0, size=(1500, dim))
+    ref = calculate_frechet_distance(a.mean(0), np.cov(a, rowvar=False), b.mean(0), np.cov(b, rowvar=False))
+    assert fid_from_features(torch.from_numpy(a), torch.from_numpy(b)) == pytest.approx(ref, rel=1e-6)
+
+
 def test_fid_too_few_samples():
     with pytest.raises(BenchError, match="raise --num-samples"):
         fid_from_features(torch.zeros(1, 4), torch.zeros(10, 4))
+
+
+def test_streamed_stats_equal_numpy():
+    rng = np.random.default_rng(0)
+    f = torch.from_numpy(rng.normal(size=(1000, 8)) * 3 + 1)
+    stats = FeatureStats(keep=300)
+    for chunk in f.split(77):
+        stats.update(chunk)
+    assert np.allclose(stats.mu, f.numpy().mean(0), rtol=1e-12)
+    assert np.allclose(stats.sigma, np.cov(f.numpy(), rowvar=False), rtol=1e-10)
+    assert stats.n == 1000 and torch.allclose(stats.kept.double(), f[:300], atol=1e-5)
 
 
 def test_seed_noise_is_per_sample():
@@ -42,7 +63,7 @@ def test_results_independent_of_batch_size():
 
     teacher = load_teacher("gmm2d")
     extractor = get_extractor("points")
-    ref = extractor(teacher.reference())
+    ref = Reference.from_features(extractor(teacher.reference()))
     cls = METHODS.get("ddim")
     sampler = cls(teacher, cls.Config(), torch.device("cpu")).sampler(4)
     dev = torch.device("cpu")
@@ -51,6 +72,8 @@ def test_results_independent_of_batch_size():
     assert torch.allclose(e7.samples, e64.samples, atol=1e-6)
     assert e7.fid == pytest.approx(e64.fid, abs=1e-5)
     assert e7.kid == pytest.approx(e64.kid, abs=1e-5)
+    assert (e7.precision, e7.recall) == (e64.precision, e64.recall)
+    assert 0 < e7.precision <= 1 and 0 < e7.recall <= 1
     assert (e7.batch_size, e64.batch_size) == (7, 64)
 
 

@@ -1,0 +1,146 @@
+"""Reference statistics for FID/KID/PR, cached on disk under a key of what defines them.
+
+Specs (``--reference``):
+  auto            the teacher's registered data if it has some, else ``teacher``
+  data            the teacher's registered data set (digits, exact draws of analytic teachers)
+  teacher         data-free: the teacher's own DDIM samples (``reference_steps``, ``reference_samples``)
+  folder:PATH     an image folder (PNG/JPEG at the teacher's resolution and channels)
+  stats:PATH.npz  precomputed ``mu``/``sigma`` (pytorch-fid / clean-fid layout); FID only
+The cache key hashes the extractor's name and weights, the spec with everything it depends
+on (teacher weights, steps, n, seed, folder contents), so a changed input never hits a stale
+entry. The cache lives in $BENCH_CACHE or ~/.cache/distill-bench/references.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from bench.errors import BenchError
+from bench.evaluator import FeatureStats, Reference, generate
+from bench.features import FeatureExtractor
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
+REFERENCE_SEED_OFFSET = 0x5EED  # teacher references use seeds disjoint from the evaluated ones
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("BENCH_CACHE", Path.home() / ".cache" / "distill-bench")) / "references"
+
+
+def _folder_images(path: Path) -> list[Path]:
+    files = sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise BenchError(f"reference folder {path} holds no images ({', '.join(IMAGE_SUFFIXES)})")
+    return files
+
+
+def _load_folder(files: list[Path], shape: tuple[int, ...], data_range) -> torch.Tensor:
+    from PIL import Image
+
+    c, h, w = shape
+    out = []
+    for f in files:
+        img = np.asarray(Image.open(f).convert("L" if c == 1 else "RGB"))
+        if img.shape[:2] != (h, w):
+            raise BenchError(f"reference image {f} is {img.shape[1]}x{img.shape[0]}, the teacher makes "
+                             f"{w}x{h}; resize the folder or pick the matching teacher")
+        x = torch.from_numpy(img.copy()).float().reshape(h, w, -1).permute(2, 0, 1) / 255
+        out.append(x * (data_range[1] - data_range[0]) + data_range[0])
+    return torch.stack(out)
+
+
+def _stats_file(path: Path, dim: int) -> Reference:
+    try:
+        data = np.load(path)
+        mu, sigma = data["mu"].astype(np.float64), data["sigma"].astype(np.float64)
+    except (OSError, KeyError, ValueError) as exc:
+        raise BenchError(f"cannot read reference statistics {path} ({exc}); it must be an .npz "
+                         f"with arrays mu and sigma") from None
+    if dim > 0 and (mu.shape != (dim,) or sigma.shape != (dim, dim)):
+        raise BenchError(f"reference statistics {path} have mu {mu.shape} and sigma {sigma.shape}, but "
+                         f"the extractor gives {dim}-D features; use statistics of the same extractor")
+    return Reference(mu, sigma, n=-1, features=None, description=f"stats:{path}")
+
+
+def _digest(files: list[Path]) -> str:
+    h = hashlib.sha256()
+    for f in files:
+        h.update(str(f).encode())
+        h.update(str(f.stat().st_size).encode())
+        h.update(str(f.stat().st_mtime_ns).encode())
+    return h.hexdigest()[:16]
+
+
+def build_reference(spec: str, teacher, extractor: FeatureExtractor, n: int, steps: int, seed: int,
+                    batch_size: int, device: torch.device,
+                    counter: Callable[[str], None] = lambda what: None) -> Reference:
+    """Reference for ``teacher`` under ``spec``, computed once and then read from the cache.
+    ``counter("computed")`` is called whenever features are actually computed."""
+    kind, _, arg = spec.partition(":")
+    if kind == "auto":
+        kind = "data" if teacher.reference is not None else "teacher"
+    if kind == "stats":
+        return _stats_file(Path(arg), extractor.dim)
+    definition: dict = {"kind": kind, "extractor": extractor.name, "weights": extractor.weights_sha256,
+                        "teacher": teacher.provenance.as_params(), "shape": list(teacher.sample_shape)}
+    if kind == "data":
+        if teacher.reference is None:
+            raise BenchError("this teacher has no registered data set; use --reference teacher, "
+                             "folder:PATH or stats:PATH")
+        make = lambda: _stats_of(teacher.reference(), teacher, extractor)  # noqa: E731
+    elif kind == "teacher":
+        definition.update(steps=steps, n=n, seed=seed)
+        make = lambda: _teacher_stats(teacher, extractor, n, steps, seed, batch_size, device)  # noqa: E731
+    elif kind == "folder":
+        files = _folder_images(Path(arg))
+        if len(teacher.sample_shape) != 3:
+            raise BenchError(f"teacher makes {teacher.sample_shape} vectors, not images; an image "
+                             f"folder cannot be its reference")
+        definition.update(folder=str(Path(arg).resolve()), digest=_digest(files))
+        make = lambda: _stats_of(_load_folder(files, teacher.sample_shape, teacher.data_range),  # noqa: E731
+                                 teacher, extractor)
+    else:
+        raise BenchError(f"unknown reference {spec!r}; use auto, data, teacher, folder:PATH or stats:PATH")
+    key = hashlib.sha256(json.dumps(definition, sort_keys=True).encode()).hexdigest()[:24]
+    path = cache_dir() / f"{extractor.name}-{key}.npz"
+    if path.is_file():
+        with np.load(path) as d:
+            return Reference(d["mu"], d["sigma"], int(d["n"]), torch.from_numpy(d["features"]),
+                             f"{kind} (cached {path.name})")
+    counter("computed")
+    stats = make()
+    ref = Reference(stats.mu, stats.sigma, stats.n, stats.kept, kind)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp.npz")
+    np.savez(tmp, mu=ref.mu, sigma=ref.sigma, n=ref.n, features=ref.features.numpy())
+    tmp.replace(path)  # atomic: a concurrent or interrupted run never reads half a file
+    return ref
+
+
+def _stats_of(x: torch.Tensor, teacher, extractor: FeatureExtractor) -> FeatureStats:
+    if tuple(x.shape[1:]) != tuple(teacher.sample_shape):
+        raise BenchError(f"reference samples have shape {tuple(x.shape[1:])}, the teacher makes "
+                         f"{teacher.sample_shape}; use a reference of matching shape and channels")
+    stats = FeatureStats()
+    for chunk in x.split(500):
+        stats.update(extractor(chunk))
+    return stats
+
+
+def _teacher_stats(teacher, extractor, n: int, steps: int, seed: int, batch_size: int, device) -> FeatureStats:
+    """Features of the teacher's DDIM-``steps`` samples, streamed: no image is kept."""
+    from bench.sampling import ddim_sample
+
+    ts = teacher.schedule.timesteps(min(steps, teacher.T))
+    stats = FeatureStats()
+    with torch.no_grad():
+        generate(lambda z: ddim_sample(teacher, z, ts), teacher.sample_shape, n,
+                 seed + REFERENCE_SEED_OFFSET, batch_size, device,
+                 on_batch=lambda idx, x: stats.update(extractor(x)), keep=0)
+    return stats
