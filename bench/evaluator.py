@@ -125,8 +125,9 @@ def pr_from_features(fake: torch.Tensor, real: torch.Tensor, k: int = 3) -> tupl
     """Improved precision and recall (Kynkäänniemi et al. 2019), torch-fidelity's k-NN version."""
     from torch_fidelity.metric_prc import KEY_METRIC_PRECISION, KEY_METRIC_RECALL, prc_features_to_metric
 
+    # blockwise distances (2000 rows at a time): 10k x 10k at once costs ~1.5 GB of RAM
     out = prc_features_to_metric(fake.float(), real.float(), prc_neighborhood=k,
-                                 prc_batch_size=10000, verbose=False)
+                                 prc_batch_size=2000, save_cpu_ram=True, verbose=False)
     return float(out[KEY_METRIC_PRECISION]), float(out[KEY_METRIC_RECALL])
 
 
