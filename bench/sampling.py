@@ -17,7 +17,8 @@ Sampler = Callable[..., torch.Tensor]
 """A sampler maps noise x_{t_max} = eps (B, *sample_shape) [and class labels] to samples."""
 
 
-def ddim_step(teacher: Teacher, x_t: torch.Tensor, t: int, s: int, cond=None) -> torch.Tensor:
+def ddim_step(teacher: Teacher, x_t: torch.Tensor, t, s, cond=None) -> torch.Tensor:
+    """One step t -> s; t and s are step indices (ints, or per-row tensors)."""
     x0, eps = teacher.predict(x_t, t, cond)
     alpha_s, sigma_s = teacher.coefficients(s, x_t)
     return alpha_s * x0 + sigma_s * eps
