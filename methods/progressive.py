@@ -163,19 +163,14 @@ class Progressive(Method):
 
 
 def _trainable_copy(teacher: Teacher) -> Teacher:
-    """The student: the teacher's network, trainable, with x0 left unclipped (clipping would
-    cut the gradient wherever the prediction leaves the data range)."""
-    student = copy.copy(teacher)
-    student.net = copy.deepcopy(teacher.net).requires_grad_(True).train()
-    student.clip_x0 = False
-    return student
+    """The student: the teacher's network, copied and trainable, with x0 left unclipped
+    (clipping would cut the gradient wherever the prediction leaves the data range)."""
+    return teacher.replace(net=copy.deepcopy(teacher.net).requires_grad_(True).train(), clip_x0=False)
 
 
 def _frozen(student: Teacher, net, clip_x0: bool) -> Teacher:
     """The student as a sampler/teacher: ``net`` (e.g. its EMA), x0 clipped as the teacher's."""
-    model = copy.copy(student)
-    model.net, model.clip_x0 = net, clip_x0
-    return model
+    return student.replace(net=net, clip_x0=clip_x0)
 
 
 def _offset_ctx(ctx: DistillContext, step0: float, seconds: float, nfe: float) -> DistillContext:

@@ -43,6 +43,7 @@ def test_rounds_halve_and_count_cost(data, tmp_path):
     from bench.method import DistillContext
 
     teacher = load_teacher("digits")
+    original = {k: v.clone() for k, v in teacher.net.state_dict().items()}
     cfg = cfgs.replace(ProgressiveConfig(), dict(start_steps=8, end_steps=2, iterations=3, batch_size=8,
                                                  data=data, synthetic_samples=16, synthetic_steps=4))
     m = Progressive(teacher, cfg, CPU)
@@ -50,6 +51,13 @@ def test_rounds_halve_and_count_cost(data, tmp_path):
     cost = m.distill(DistillContext(log=lambda d, s: logs.append((s, d)), device=CPU, workdir=tmp_path,
                                     progress=False))
     assert sorted(m.students) == [2, 4] and m.default_nfe() == (2, 4, 8)
+    # the teacher is untouched, the rounds' students are distinct networks
+    assert all(torch.equal(v, teacher.net.state_dict()[k]) for k, v in original.items())
+    assert m.students[2].net is not m.students[4].net and m.students[4].net is not teacher.net
+    assert teacher.clip_x0 and m.students[2].clip_x0
+    noise = torch.randn(3, 1, 8, 8)
+    from bench.sampling import ddim_sample
+    assert torch.equal(m.sampler(8)(noise), ddim_sample(teacher, noise, teacher.schedule.timesteps(8)))
     assert cost["train_iterations"] == 6
     expected_nfe = 2 * 8 * 6 + (16 * 4 if data == "synthetic" else 0)  # 2 teacher steps per row
     assert cost["teacher_nfe"] == expected_nfe

@@ -69,6 +69,13 @@ class Teacher(nn.Module):
         self.features = features  # name in FEATURES used for FID/KID
         self.reference = reference  # real data for FID, or None: the teacher's own samples
 
+    def replace(self, net=None, clip_x0: Optional[bool] = None) -> "Teacher":
+        """The same teacher (schedule, shape, provenance, evaluation spec) with another network
+        or clipping. Never ``copy.copy`` a Module: the copy shares its submodule dict."""
+        return Teacher(self.net if net is None else net, self.schedule, self.prediction_type,
+                       self.sample_shape, self.provenance, self.clip_x0 if clip_x0 is None else clip_x0,
+                       self.data_range, self.num_classes, self.is_image, self.features, self.reference)
+
     @property
     def T(self) -> int:
         return self.schedule.T
