@@ -174,7 +174,9 @@ class Evaluation:
     def metrics(self) -> dict[str, float]:
         keys = ("fid", "kid", "kid_std", "precision", "recall", "sample_seconds_per_image",
                 "teacher_mse", "teacher_psnr", "sample_peak_memory_mb")
-        return {k: getattr(self, k) for k in keys if not math.isnan(getattr(self, k))}
+        out = {k: getattr(self, k) for k in keys if not math.isnan(getattr(self, k))}
+        out["sample_images_per_second"] = 1.0 / max(self.sample_seconds_per_image, 1e-12)
+        return out
 
 
 @dataclasses.dataclass

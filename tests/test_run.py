@@ -30,7 +30,7 @@ def test_run_logs_params_metrics_artifacts(tracking_uri, capsys):
     assert sorted(m.step for m in fid) == [1, 4, 16]
     by_nfe = {m.step: m.value for m in fid}
     assert by_nfe[16] < by_nfe[4] < by_nfe[1]  # DDIM on an exact teacher improves with steps
-    for key in ("kid", "sample_seconds_per_image"):
+    for key in ("kid", "sample_seconds_per_image", "sample_images_per_second", "precision", "teacher_psnr"):
         assert sorted(m.step for m in client.get_metric_history(run.info.run_id, key)) == [1, 4, 16]
     assert "git_commit" in run.data.tags and "version.torch" in run.data.tags
 
