@@ -46,6 +46,13 @@ def _parser() -> argparse.ArgumentParser:
     ft = fsub.add_parser("train", help="reproduce the shipped digits feature network")
     ft.add_argument("name", choices=["digits"])
     ft.add_argument("--out", default="digits_cnn.safetensors", help="output safetensors file")
+    rp = sub.add_parser("report", help="tables, plots and an HTML page from the MLflow runs")
+    rp.add_argument("--experiment", default="distill-bench", help="MLflow experiment to report on")
+    rp.add_argument("--filter", default="", help="MLflow run filter, e.g. \"params.teacher = 'digits'\"")
+    rp.add_argument("--out", default="report", help="output folder")
+    rp.add_argument("--format", default="md,tex,csv,html", help="comma-separated: md, tex, csv, html")
+    rp.add_argument("--baseline-steps", type=int, default=50, help="speed-up is against DDIM at this NFE")
+    rp.add_argument("--tracking-uri", help="MLflow store (default sqlite:///./mlflow.db)")
     u = sub.add_parser("ui", help="the MLflow UI on 127.0.0.1 over the same store")
     u.add_argument("--tracking-uri", help="MLflow store (default sqlite:///./mlflow.db)")
     u.add_argument("--port", type=int, default=5000)
@@ -134,24 +141,37 @@ def cmd_features(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_ui(args: argparse.Namespace) -> int:
-    import subprocess
+def cmd_report(args: argparse.Namespace) -> int:
+    from pathlib import Path
 
+    from reports.report import build_report
+
+    formats = [f.strip() for f in args.format.split(",") if f.strip()]
+    tables = build_report(args.experiment, Path(args.out), args.tracking_uri, args.filter, formats,
+                          args.baseline_steps)
+    for teacher, table in tables.items():
+        print(f"== {teacher} ==")
+        print(table.to_string(index=False))
+    print(f"report written to {args.out}/ and logged to MLflow as a 'report' run")
+    return 0
+
+
+def cmd_ui(args: argparse.Namespace) -> int:
     from bench.tracking import resolve_uri
 
     uri = resolve_uri(args.tracking_uri)
     env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
-    print(f"MLflow UI for {uri} at http://127.0.0.1:{args.port} (Ctrl-C stops it)")
+    print(f"MLflow UI for {uri} at http://127.0.0.1:{args.port} (Ctrl-C stops it)", flush=True)
     cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", uri,
            "--host", "127.0.0.1", "--port", str(args.port), "--workers", "1"]
-    return subprocess.call(cmd, env=env)
+    os.execve(sys.executable, cmd, env)  # become the server: its PID is ours, so stopping us stops it
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     args = _parser().parse_args(argv)
     handler = {"run": cmd_run, "ls": cmd_ls, "teacher": cmd_teacher, "features": cmd_features,
-               "ui": cmd_ui}[args.command]
+               "ui": cmd_ui, "report": cmd_report}[args.command]
     try:
         return handler(args)
     except BenchError as exc:

@@ -1,0 +1,61 @@
+"""Read runs out of MLflow into one pandas frame: a row per (run, NFE). Reports read only this."""
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Optional
+
+import pandas as pd
+
+PER_NFE = ("fid", "kid", "precision", "recall", "teacher_psnr", "sample_seconds_per_image")
+PER_RUN = ("train_seconds", "teacher_nfe", "distill_seconds")
+
+
+def collect(client, experiment: str, filter_string: str = "") -> pd.DataFrame:
+    """Finished ``bench run`` runs of ``experiment`` (MLflow filter syntax in ``filter_string``)."""
+    from bench.errors import BenchError
+
+    exp = client.get_experiment_by_name(experiment)
+    if exp is None:
+        names = ", ".join(e.name for e in client.search_experiments()) or "none"
+        raise BenchError(f"no MLflow experiment {experiment!r}; known: {names}")
+    rows = []
+    for run in client.search_runs([exp.experiment_id], filter_string=filter_string, max_results=5000):
+        p, m = run.data.params, run.data.metrics
+        if run.info.status != "FINISHED" or "method" not in p:
+            continue  # report runs, failed or unfinished runs
+        config = {k: v for k, v in p.items() if k.startswith("method.")}
+        base = {"run_id": run.info.run_id, "method": p["method"], "teacher": p.get("teacher", ""),
+                "seed": p.get("seed"), "n": int(p.get("n", 0)), "extractor": p.get("feature_extractor", ""),
+                "config": hashlib.sha1(json.dumps(config, sort_keys=True).encode()).hexdigest()[:8],
+                "git_commit": run.data.tags.get("git_commit", ""), "start_time": run.info.start_time,
+                **{k: m.get(k, 0.0 if k != "distill_seconds" else float("nan")) for k in PER_RUN}}
+        per_nfe: dict[int, dict] = {}
+        for key in PER_NFE:
+            for point in client.get_metric_history(run.info.run_id, key):
+                per_nfe.setdefault(point.step, {})[key] = point.value
+        rows += [{**base, "nfe": nfe, **vals} for nfe, vals in per_nfe.items()]
+    return pd.DataFrame(rows)
+
+
+def best_per_method_nfe(df: pd.DataFrame) -> pd.DataFrame:
+    """Mean and std over seeds per (teacher, method, config, NFE), then per (teacher, method,
+    NFE) the config with the lowest mean FID."""
+    if df.empty:
+        return df
+    keys = ["teacher", "method", "config", "nfe"]
+    metrics = [c for c in PER_NFE + PER_RUN if c in df]
+    agg = df.groupby(keys)[metrics].agg(["mean", "std"])
+    agg.columns = [f"{a}_{b}" for a, b in agg.columns]
+    agg["seeds"] = df.groupby(keys)["seed"].nunique()
+    agg["n"] = df.groupby(keys)["n"].first()
+    agg["extractor"] = df.groupby(keys)["extractor"].first()
+    agg = agg.reset_index()
+    best = agg.loc[agg.groupby(["teacher", "method", "nfe"])["fid_mean"].idxmin()]
+    return best.sort_values(["teacher", "method", "nfe"]).reset_index(drop=True)
+
+
+def baseline_speed(best: pd.DataFrame, teacher: str, steps: int, baseline: str = "ddim") -> Optional[float]:
+    """Seconds per image of the baseline (the teacher's own DDIM) at ``steps``, if logged."""
+    row = best[(best.teacher == teacher) & (best.method == baseline) & (best.nfe == steps)]
+    return None if row.empty else float(row["sample_seconds_per_image_mean"].iloc[0])

@@ -1,0 +1,76 @@
+"""``bench report``: tables, plots and an HTML page from what MLflow holds, logged back to it."""
+from __future__ import annotations
+
+import datetime
+import html
+import importlib.metadata
+from pathlib import Path
+from typing import Optional, Sequence
+
+import pandas as pd
+
+from bench.errors import BenchError
+from reports.collect import best_per_method_nfe, collect
+from reports.plots import plot_teacher
+from reports.tables import main_table, to_latex, to_markdown
+
+FORMATS = ("md", "tex", "csv", "html")
+
+
+def build_report(experiment: str, out_dir: Path, tracking_uri: Optional[str] = None, filter_string: str = "",
+                 formats: Sequence[str] = FORMATS, baseline_steps: int = 50, log: bool = True) -> dict:
+    """Write the report files to ``out_dir``; returns {teacher: display table}."""
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    from bench.tracking import resolve_uri, version_tags
+
+    bad = set(formats) - set(FORMATS)
+    if bad:
+        raise BenchError(f"unknown report format(s) {', '.join(sorted(bad))}; use {', '.join(FORMATS)}")
+    uri = resolve_uri(tracking_uri)
+    client = MlflowClient(uri)
+    raw = collect(client, experiment, filter_string)
+    if raw.empty:
+        raise BenchError(f"experiment {experiment!r} holds no finished bench runs; run `bench run` first")
+    best = best_per_method_nfe(raw)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tables, sections = {}, []
+    for teacher in sorted(best.teacher.unique()):
+        table, caption = main_table(best, teacher, baseline_steps)
+        tables[teacher] = table
+        if "md" in formats:
+            (out_dir / f"{teacher}.md").write_text(to_markdown(table, caption))
+        if "tex" in formats:
+            (out_dir / f"{teacher}.tex").write_text(to_latex(table, caption))
+        if "csv" in formats:
+            best[best.teacher == teacher].to_csv(out_dir / f"{teacher}.csv", index=False)
+        plots = plot_teacher(best, teacher, out_dir)
+        sections.append((teacher, caption, table, plots))
+    if "html" in formats:
+        _write_html(out_dir / "report.html", experiment, sections, raw, version_tags())
+    if log:
+        mlflow.set_tracking_uri(uri)
+        mlflow.set_experiment(experiment)
+        with mlflow.start_run(run_name="report", tags={"bench.report": "true"}):
+            mlflow.log_artifacts(str(out_dir), artifact_path="report")
+    return tables
+
+
+def _write_html(path: Path, experiment: str, sections, raw: pd.DataFrame, tags: dict) -> None:
+    parts = [f"<h1>distill-bench report: {html.escape(experiment)}</h1>",
+             f"<p>generated {datetime.datetime.now().isoformat(timespec='seconds')} from "
+             f"{raw.run_id.nunique()} runs (git commits: {html.escape(', '.join(sorted(set(raw.git_commit))))})</p>"]
+    for teacher, caption, table, plots in sections:
+        parts += [f"<h2>{html.escape(teacher)}</h2>", f"<p>{html.escape(caption)}</p>",
+                  table.to_html(index=False, classes="results", border=0)]
+        parts += [f'<img src="{p.name}" alt="{html.escape(p.stem)}">' for p in plots]
+    prov = "".join(f"<tr><td>{html.escape(k)}</td><td>{html.escape(v)}</td></tr>" for k, v in sorted(tags.items()))
+    runs = raw[["run_id", "method", "teacher", "seed", "start_time"]].drop_duplicates("run_id")
+    runs = runs.assign(start_time=pd.to_datetime(runs.start_time, unit="ms"))
+    parts += ["<h2>Runs</h2>", runs.to_html(index=False, border=0, classes="runs"),
+              "<h2>Provenance (report builder)</h2>", f"<table>{prov}</table>"]
+    style = "<style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}" \
+            "td,th{padding:3px 8px;border-bottom:1px solid #ddd}img{max-width:32%}</style>"
+    path.write_text(f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(experiment)}</title>"
+                    f"{style}</head><body>{''.join(parts)}</body></html>")
