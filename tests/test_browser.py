@@ -1,0 +1,80 @@
+"""A real browser (Debian's chromium, headless) finds the runs in the HTML report and in the
+MLflow UI served by `bench ui`. .ci/run installs chromium; without it these tests skip."""
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from bench.cli import main
+
+CHROMIUM = shutil.which("chromium")
+pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed "
+                                "(.ci/run installs it with apt-get; install it to run browser tests)")
+FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+         "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+SHOTS = Path(os.environ.get("BENCH_SCREENSHOTS", ""))  # set to keep the screenshots
+
+
+def _chromium(tmp_path, url: str, shot: Path) -> str:
+    base = [CHROMIUM, *FLAGS, f"--user-data-dir={tmp_path / 'profile'}", "--virtual-time-budget=30000"]
+    subprocess.run([*base, "--window-size=1400,1000", f"--screenshot={shot}", url],
+                   capture_output=True, timeout=120)
+    dom = subprocess.run([*base, "--dump-dom", url], capture_output=True, text=True, timeout=120)
+    return dom.stdout
+
+
+@pytest.fixture
+def runs(tracking_uri):
+    from mlflow.tracking import MlflowClient
+
+    for method in ("ddim", "boot"):
+        assert main(["run", "--teacher", "gmm2d", "--method", method, "--nfe", "1", "--num-samples", "50",
+                     "--set", "spacing=trailing" if method == "ddim" else "iterations=3",
+                     "--tracking-uri", tracking_uri, "--experiment", "browser", "--quiet"]) == 0
+    client = MlflowClient(tracking_uri)
+    exp = client.get_experiment_by_name("browser")
+    return exp.experiment_id, client.search_runs([exp.experiment_id])
+
+
+def test_report_page_in_browser(runs, tracking_uri, tmp_path):
+    from reports.report import build_report
+
+    _, found = runs
+    build_report("browser", tmp_path / "report", tracking_uri, log=False)
+    shot = (SHOTS if SHOTS.name else tmp_path) / "report.png"
+    dom = _chromium(tmp_path, (tmp_path / "report" / "report.html").as_uri(), shot)
+    assert all(r.info.run_id in dom for r in found) and "boot" in dom and "ddim" in dom
+    assert shot.stat().st_size > 10_000
+
+
+def test_mlflow_ui_in_browser(runs, tracking_uri, tmp_path):
+    exp_id, found = runs
+    with __import__("socket").socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen([sys.executable, "-m", "bench", "ui", "--port", str(port), "--tracking-uri",
+                             tracking_uri], cwd=tmp_path, start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"})
+    try:
+        deadline = time.time() + 90
+        while True:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=5)
+                break
+            except OSError:
+                assert proc.poll() is None and time.time() < deadline, "bench ui did not come up"
+                time.sleep(1)
+        shot = (SHOTS if SHOTS.name else tmp_path) / "mlflow_ui.png"
+        dom = _chromium(tmp_path, f"http://127.0.0.1:{port}/#/experiments/{exp_id}/runs", shot)
+        assert all(r.info.run_name in dom for r in found), [r.info.run_name for r in found]
+        assert shot.stat().st_size > 10_000
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=30)
