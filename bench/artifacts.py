@@ -38,6 +38,21 @@ def save_grid(samples: torch.Tensor, path: Path, data_range=(-1.0, 1.0), title: 
     plt.close(fig)
 
 
+def save_weights(module: torch.nn.Module, path: Path) -> None:
+    """A module's state dict as safetensors (contiguous CPU tensors)."""
+    from safetensors.torch import save_file
+
+    save_file({k: v.detach().contiguous().cpu() for k, v in module.state_dict().items()}, str(path))
+
+
+def save_npz_atomic(path: Path, **arrays) -> None:
+    """np.savez to a temporary name, then rename: readers never see half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp.npz")
+    np.savez(tmp, **arrays)
+    tmp.replace(path)
+
+
 def save_samples(samples: torch.Tensor, path: Path) -> None:
     """Raw float samples as ``np.savez_compressed(path, x=...)``."""
     path.parent.mkdir(parents=True, exist_ok=True)

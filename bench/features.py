@@ -179,8 +179,7 @@ def get_extractor(name: str, **options: object) -> FeatureExtractor:
 
 def train_digits_cnn(out: Path = DIGITS_CNN_WEIGHTS, epochs: int = 40, seed: int = 0) -> float:
     """Train the digits feature CNN on the training split; returns held-out accuracy."""
-    from safetensors.torch import save_file
-
+    from bench.artifacts import save_weights
     from bench.data import digits_split
 
     torch.manual_seed(seed)
@@ -201,5 +200,5 @@ def train_digits_cnn(out: Path = DIGITS_CNN_WEIGHTS, epochs: int = 40, seed: int
         net.feat_mean.copy_(feats.mean(0))
         net.feat_std.copy_(feats.std(0).clamp(min=1e-3))  # a dead unit must not blow up
     Path(out).parent.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(out))
+    save_weights(net, Path(out))
     return accuracy

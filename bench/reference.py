@@ -21,6 +21,7 @@ from typing import Callable
 import numpy as np
 import torch
 
+from bench.artifacts import save_npz_atomic
 from bench.errors import BenchError
 from bench.evaluator import FeatureStats, Reference, generate
 from bench.features import FeatureExtractor
@@ -29,8 +30,13 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
 REFERENCE_SEED_OFFSET = 0x5EED  # teacher references use seeds disjoint from the evaluated ones
 
 
+def cache_root() -> Path:
+    """$BENCH_CACHE, else ~/.cache/distill-bench (references, synthetic data sets)."""
+    return Path(os.environ.get("BENCH_CACHE", Path.home() / ".cache" / "distill-bench"))
+
+
 def cache_dir() -> Path:
-    return Path(os.environ.get("BENCH_CACHE", Path.home() / ".cache" / "distill-bench")) / "references"
+    return cache_root() / "references"
 
 
 def _folder_images(path: Path) -> list[Path]:
@@ -116,10 +122,7 @@ def build_reference(spec: str, teacher, extractor: FeatureExtractor, n: int, ste
     counter("computed")
     stats = make()
     ref = Reference(stats.mu, stats.sigma, stats.n, stats.kept, kind)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp.npz")
-    np.savez(tmp, mu=ref.mu, sigma=ref.sigma, n=ref.n, features=ref.features.numpy())
-    tmp.replace(path)  # atomic: a concurrent or interrupted run never reads half a file
+    save_npz_atomic(path, mu=ref.mu, sigma=ref.sigma, n=ref.n, features=ref.features.numpy())
     return ref
 
 
@@ -135,12 +138,11 @@ def _stats_of(x: torch.Tensor, teacher, extractor: FeatureExtractor) -> FeatureS
 
 def _teacher_stats(teacher, extractor, n: int, steps: int, seed: int, batch_size: int, device) -> FeatureStats:
     """Features of the teacher's DDIM-``steps`` samples, streamed: no image is kept."""
-    from bench.sampling import ddim_sample
+    from bench.sampling import teacher_sampler
 
-    ts = teacher.schedule.timesteps(min(steps, teacher.T))
     stats = FeatureStats()
     with torch.no_grad():
-        generate(lambda z: ddim_sample(teacher, z, ts), teacher.sample_shape, n,
+        generate(teacher_sampler(teacher, steps), teacher.sample_shape, n,
                  seed + REFERENCE_SEED_OFFSET, batch_size, device,
                  on_batch=lambda idx, x: stats.update(extractor(x)), keep=0)
     return stats

@@ -141,14 +141,13 @@ def _quick_eval(teacher, extractor, ref, run_cfg, device):
 def _fidelity_anchor(run_cfg, teacher, device) -> Optional[torch.Tensor]:
     """The teacher's many-step DDIM samples for the run's seeds (None if switched off)."""
     from bench.evaluator import generate
-    from bench.sampling import ddim_sample
+    from bench.sampling import teacher_sampler
 
     if run_cfg.fidelity_steps <= 0 or run_cfg.fidelity_samples <= 0:
         return None
-    steps = teacher.schedule.timesteps(min(run_cfg.fidelity_steps, teacher.T))
     n = min(run_cfg.num_samples, run_cfg.fidelity_samples)
     with torch.no_grad():
-        return generate(lambda noise: ddim_sample(teacher, noise, steps), teacher.sample_shape,
+        return generate(teacher_sampler(teacher, run_cfg.fidelity_steps), teacher.sample_shape,
                         n, run_cfg.seed, run_cfg.batch_size, device).samples
 
 

@@ -24,6 +24,13 @@ def ddim_step(teacher: Teacher, x_t: torch.Tensor, t, s, cond=None) -> torch.Ten
     return alpha_s * x0 + sigma_s * eps
 
 
+def teacher_sampler(teacher: Teacher, steps: int) -> Sampler:
+    """The teacher's own deterministic DDIM with ``steps`` steps (capped at its T): the
+    many-step reference behind data-free references, teacher fidelity and synthetic data."""
+    timesteps = teacher.schedule.timesteps(min(steps, teacher.T))
+    return lambda noise, cond=None: ddim_sample(teacher, noise, timesteps, cond)
+
+
 @torch.no_grad()
 def ddim_sample(teacher: Teacher, noise: torch.Tensor, timesteps: Sequence[int],
                 cond: Optional[torch.Tensor] = None) -> torch.Tensor:

@@ -168,11 +168,8 @@ class BOOT(Method):
         return self._one_step(self.ema)
 
     def save_artifacts(self, out_dir: Path) -> None:
-        from safetensors.torch import save_file
+        from bench.artifacts import plot_training, save_weights
 
-        from bench.artifacts import plot_training
-
-        state = {k: v.detach().contiguous().cpu() for k, v in self.ema.state_dict().items()}
-        save_file(state, str(out_dir / "student.safetensors"))
+        save_weights(self.ema, out_dir / "student.safetensors")
         if self.history:
             plot_training(self.history, out_dir / "training_curve.png", "BOOT")

@@ -151,13 +151,10 @@ class Progressive(Method):
         return self._sampler(self.students.get(nfe, self.teacher), nfe)
 
     def save_artifacts(self, out_dir: Path) -> None:
-        from safetensors.torch import save_file
-
-        from bench.artifacts import plot_training
+        from bench.artifacts import plot_training, save_weights
 
         for n, model in self.students.items():
-            state = {k: v.detach().contiguous().cpu() for k, v in model.net.state_dict().items()}
-            save_file(state, str(out_dir / f"student_{n}step.safetensors"))
+            save_weights(model.net, out_dir / f"student_{n}step.safetensors")
         if self.history:
             plot_training(self.history, out_dir / "training_curve.png", "progressive distillation")
 
@@ -188,23 +185,22 @@ def _offset_ctx(ctx: DistillContext, step0: float, seconds: float, nfe: float) -
 
 def synthetic_data(teacher: Teacher, n: int, steps: int, ctx: DistillContext) -> tuple[torch.Tensor, dict]:
     """n teacher DDIM-``steps`` samples, generated once and cached with what they cost."""
+    from bench.artifacts import save_npz_atomic
     from bench.evaluator import generate
-    from bench.reference import cache_dir
+    from bench.reference import cache_root
+    from bench.sampling import teacher_sampler
 
     key = hashlib.sha256(json.dumps({"teacher": teacher.provenance.as_params(), "n": n, "steps": steps,
                                      "seed": ctx.seed}, sort_keys=True).encode()).hexdigest()[:24]
-    path = cache_dir().parent / "synthetic" / f"{key}.npz"
+    path = cache_root() / "synthetic" / f"{key}.npz"
     if path.is_file():
         with np.load(path) as d:
             x, seconds = torch.from_numpy(d["x"]), float(d["seconds"])
     else:
         start = time.perf_counter()
-        ts = teacher.schedule.timesteps(min(steps, teacher.T))
         with torch.no_grad():
-            x = generate(lambda z: ddim_sample(teacher, z, ts), teacher.sample_shape, n,
+            x = generate(teacher_sampler(teacher, steps), teacher.sample_shape, n,
                          ctx.seed + 0xDA7A, 250, ctx.device).samples
         seconds = time.perf_counter() - start
-        path.parent.mkdir(parents=True, exist_ok=True)
-        np.savez(path.with_name(path.name + ".tmp.npz"), x=x.numpy(), seconds=seconds)
-        path.with_name(path.name + ".tmp.npz").replace(path)
+        save_npz_atomic(path, x=x.numpy(), seconds=seconds)
     return x, {"data_seconds": seconds, "data_teacher_nfe": float(n * steps)}

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import datetime
 import html
-import importlib.metadata
 from pathlib import Path
 from typing import Optional, Sequence
 
