@@ -10,7 +10,7 @@ import json
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Mapping, Optional
+from typing import Any, Callable, Mapping, Optional
 
 import torch
 
@@ -75,6 +75,20 @@ def build_method(run_cfg: RunConfig, overrides: Mapping[str, Any]):
 
 
 @dataclasses.dataclass
+class RunHooks:
+    """How a caller (a sweep trial) joins in: where the run lives in MLflow and who hears its metrics.
+
+    ``on_metrics(metrics, step)`` sees everything logged during distillation (``train/*``,
+    step = iteration) and then, with ``step=None``, each NFE's evaluation as ``{"nfe": k, ...}``.
+    """
+
+    run_name: Optional[str] = None
+    tags: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    run_id: Optional[str] = None  # reopen this MLflow run instead of starting one
+    on_metrics: Optional[Callable[[dict, Optional[int]], None]] = None
+
+
+@dataclasses.dataclass
 class RunResult:
     run_id: str
     rows: list[dict]
@@ -82,7 +96,8 @@ class RunResult:
     feature_extractor: str
 
 
-def run(run_cfg: RunConfig, method_overrides: Mapping[str, Any] = (), progress: bool = True) -> RunResult:
+def run(run_cfg: RunConfig, method_overrides: Mapping[str, Any] = (), progress: bool = True,
+        hooks: Optional[RunHooks] = None) -> RunResult:
     """Distill (if the method trains), evaluate every NFE, log everything to one MLflow run."""
     from bench.features import get_extractor
     from bench.reference import build_reference
@@ -100,7 +115,9 @@ def run(run_cfg: RunConfig, method_overrides: Mapping[str, Any] = (), progress: 
                               device=str(device))
     import mlflow  # late: a bad teacher or NFE fails before this ~3 s import
 
-    with mlflow_run(run_cfg.experiment, run_cfg.tracking_uri) as active:
+    hooks = hooks or RunHooks()
+    with mlflow_run(run_cfg.experiment, run_cfg.tracking_uri, hooks.run_name, dict(hooks.tags),
+                    hooks.run_id) as active:
         params = {"method": run_cfg.method, "teacher": run_cfg.teacher, "seed": run_cfg.seed,
                   "device": str(device), "n": run_cfg.num_samples, "batch_size": run_cfg.batch_size,
                   "nfe": ",".join(map(str, run_cfg.nfe)), "feature_extractor": extractor.name,
@@ -111,7 +128,7 @@ def run(run_cfg: RunConfig, method_overrides: Mapping[str, Any] = (), progress: 
                               run_cfg.reference_steps, run_cfg.seed, run_cfg.batch_size, device)
         mlflow.log_params({"reference.resolved": ref.description, "reference.n": ref.n})
         ctx = DistillContext(
-            log=lambda metrics, step: mlflow.log_metrics(metrics, step=step), device=device,
+            log=_logger(hooks.on_metrics), device=device,
             seed=run_cfg.seed, workdir=Path("checkpoints") / active.info.run_id, progress=progress,
             quick_eval=_quick_eval(teacher, extractor, ref, run_cfg, device))
         start = time.perf_counter()
@@ -120,8 +137,22 @@ def run(run_cfg: RunConfig, method_overrides: Mapping[str, Any] = (), progress: 
         mlflow.log_metrics(cost)
         anchor = _fidelity_anchor(run_cfg, teacher, device)
         rows = _evaluate_all(run_cfg, method, teacher, extractor, ref, anchor, device, progress)
+        if hooks.on_metrics:
+            for ev in rows:
+                hooks.on_metrics({"nfe": ev.nfe, **ev.metrics()}, None)
         _log_artifacts(run_cfg, method, params, rows, teacher)
         return RunResult(active.info.run_id, [r.row() for r in rows], cost, extractor.name)
+
+
+def _logger(listener):
+    import mlflow
+
+    def log(metrics: dict, step: int) -> None:
+        mlflow.log_metrics(metrics, step=step)
+        if listener:
+            listener(metrics, step)
+
+    return log
 
 
 def _quick_eval(teacher, extractor, ref, run_cfg, device):

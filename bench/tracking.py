@@ -52,8 +52,13 @@ def version_tags() -> dict[str, str]:
 
 
 @contextlib.contextmanager
-def mlflow_run(experiment: str, uri: Optional[str], run_name: Optional[str] = None) -> Iterator:
-    """Start an MLflow run in ``experiment`` on ``uri``; yields the active run."""
+def mlflow_run(experiment: str, uri: Optional[str], run_name: Optional[str] = None,
+               tags: Optional[dict[str, str]] = None, run_id: Optional[str] = None) -> Iterator:
+    """Start an MLflow run in ``experiment`` on ``uri`` (or reopen ``run_id``); yields the active run.
+
+    ``tags`` may carry ``mlflow.parentRunId``: that is how a sweep's trials nest under the
+    sweep's run when they live in other processes (``nested=True`` needs the same process).
+    """
     import mlflow
 
     for name in ("mlflow", "alembic"):  # store creation logs are noise in a CLI
@@ -66,6 +71,6 @@ def mlflow_run(experiment: str, uri: Optional[str], run_name: Optional[str] = No
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise BenchError(f"cannot use MLflow store {resolve_uri(uri)}: {first}; "
                          f"check --tracking-uri") from None
-    with mlflow.start_run(run_name=run_name) as run:
+    with mlflow.start_run(run_id=run_id, run_name=None if run_id else run_name, tags=tags) as run:
         mlflow.set_tags(version_tags())
         yield run
