@@ -1,0 +1,153 @@
+"""One sweep trial: the same ``bench.run.run()`` as ``bench run``, reporting to Ray Tune as it trains.
+
+What the trial reports (every result carries ``step`` for ASHA and the objective, e.g. ``fid@1``):
+- during distillation, each quick FID (``train/fid``) as the objective, ``final = 0``: ASHA
+  compares trials at the same training step, all on the same quick estimate;
+- after the evaluation, the evaluated metric at the spec's NFE, ``final = 1``.
+Each report during training carries a Tune checkpoint: the trial's MLflow run id and its newest
+training checkpoint, so a retried or resumed trial continues in the same MLflow run.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Optional
+
+from sweeps.spec import SweepSpec
+
+STATE = "trial_state.json"
+
+
+def run_trial(config: dict, spec: SweepSpec, parent_run_id: str, tracking_uri: str) -> None:
+    """The Ray Tune trainable (a function; Ray binds the keyword arguments)."""
+    import torch
+    from ray import tune
+
+    from bench import config as cfgs
+    from bench.run import RunConfig, RunHooks, build_method, run
+
+    torch.set_num_threads(max(1, int(spec.resources.get("cpu", 1))))
+    context = tune.get_context()
+    previous = _trial_run(tracking_uri, parent_run_id, context.get_trial_id())
+    if previous is not None and previous.info.status == "FINISHED":
+        # Ray's experiment state lags behind MLflow: a trial that finished just before the
+        # driver died comes back as unfinished. It is not rerun; its result is reported again.
+        return _report_finished(spec, previous, tracking_uri, context.get_trial_id())
+    run_id, resume_file = restore(tune.get_checkpoint())
+    run_cfg = cfgs.replace(RunConfig(method=spec.method, teacher=spec.teacher), spec.run, what="run")
+    run_cfg = cfgs.replace(run_cfg, {"tracking_uri": tracking_uri}, what="run")
+    overrides = {**spec.set, **config}
+    _, method_cfg = build_method(run_cfg, overrides)
+    if "checkpoint_every" not in spec.set and getattr(method_cfg, "eval_every", 0) > 0 \
+            and hasattr(method_cfg, "checkpoint_every"):
+        # a checkpoint per evaluation period: what a retried or resumed trial continues from
+        overrides["checkpoint_every"] = method_cfg.eval_every
+    if resume_file:
+        overrides["resume_from"] = str(resume_file)
+    reporter = Reporter(spec, context.get_trial_id())
+    import ray
+
+    tags = {"mlflow.parentRunId": parent_run_id, "sweep.name": spec.name,
+            "sweep.trial_id": context.get_trial_id(),
+            "sweep.node_id": ray.get_runtime_context().get_node_id()}
+    # without a Tune checkpoint (the driver died before Ray recorded one), the trial's own
+    # unfinished MLflow run is continued from the newest checkpoint in its work folder
+    resume = previous.info.run_id if previous is not None and not run_id else None
+    try:
+        run(run_cfg, overrides, progress=False,
+            hooks=RunHooks(run_name=context.get_trial_name(), tags=tags, run_id=run_id,
+                           resume=resume, on_metrics=reporter))
+    except SystemExit:
+        # Tune stops a trial by raising SystemExit inside report(): the run did nothing wrong,
+        # so it is KILLED (MLflow had marked it FAILED), and says why
+        if reporter.run_id:
+            _mark_stopped(tracking_uri, reporter.run_id, reporter.last_step)
+        raise
+
+
+def _trial_run(uri: str, parent_run_id: str, trial_id: str):
+    """The newest MLflow run of this trial under this sweep, or None."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(uri)
+    experiment = client.get_run(parent_run_id).info.experiment_id
+    found = client.search_runs([experiment], f"tags.`mlflow.parentRunId` = '{parent_run_id}' and "
+                                             f"tags.`sweep.trial_id` = '{trial_id}'",
+                               order_by=["attributes.start_time DESC"], max_results=1)
+    return found[0] if found else None
+
+
+def _report_finished(spec: SweepSpec, previous, uri: str, trial_id: str) -> None:
+    from mlflow.tracking import MlflowClient
+    from ray import tune
+
+    history = MlflowClient(uri).get_metric_history(previous.info.run_id, spec.metric)
+    value = next(m.value for m in history if m.step == spec.nfe)
+    step = int(previous.data.metrics.get("train_iterations", 0)) + 1
+    tune.report({spec.metric: value, spec.objective: value, "nfe": spec.nfe, "step": step,
+                 "final": 1, "run_id": previous.info.run_id, "trial_id": trial_id})
+
+
+def _mark_stopped(uri: str, run_id: str, step: int) -> None:
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(uri)
+    client.set_tag(run_id, "sweep.stopped", f"by Ray Tune at step {step}, before the final evaluation")
+    client.set_terminated(run_id, "KILLED")
+
+
+def restore(checkpoint) -> tuple[Optional[str], Optional[Path]]:
+    """(MLflow run id, training checkpoint file) from a Tune checkpoint, or (None, None)."""
+    if checkpoint is None:
+        return None, None
+    local = Path(tempfile.mkdtemp(prefix="bench-trial-"))
+    checkpoint.to_directory(str(local))
+    state = json.loads((local / STATE).read_text())
+    file = local / state["checkpoint"] if state.get("checkpoint") else None
+    return state["run_id"], file
+
+
+class Reporter:
+    """``RunHooks.on_metrics``: turns what the run logs into Tune results."""
+
+    def __init__(self, spec: SweepSpec, trial_id: str):
+        self.spec, self.trial_id, self.last_step, self.run_id = spec, trial_id, 0, None
+
+    def __call__(self, metrics: dict, step: Optional[int]) -> None:
+        from ray import tune
+
+        self.run_id = self.run_id or _active_run_id()
+        if step is not None:  # distillation
+            self.last_step = max(self.last_step, step)
+            if self.spec.metric == "fid" and "train/fid" in metrics:
+                _report_with_checkpoint({self.spec.objective: metrics["train/fid"], "step": step,
+                                         "final": 0, "trial_id": self.trial_id})
+        elif metrics.get("nfe") == self.spec.nfe and self.spec.metric in metrics:
+            result = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
+            # one step past training: ASHA records the final value at the last rung it reached
+            tune.report({**result, self.spec.objective: metrics[self.spec.metric],
+                         "step": self.last_step + 1, "final": 1, "run_id": self.run_id,
+                         "trial_id": self.trial_id})
+
+
+def _active_run_id() -> str:
+    import mlflow
+
+    return mlflow.active_run().info.run_id
+
+
+def _report_with_checkpoint(result: dict) -> None:
+    """Report with a Tune checkpoint holding the run id and the newest training checkpoint."""
+    from ray import tune
+
+    run_id = _active_run_id()
+    files = sorted((Path("checkpoints") / run_id).glob("checkpoint_*.pt"))
+    with tempfile.TemporaryDirectory() as tmp:
+        state = {"run_id": run_id, "checkpoint": files[-1].name if files else None}
+        if files:
+            shutil.copy2(files[-1], Path(tmp) / files[-1].name)
+        (Path(tmp) / STATE).write_text(json.dumps(state))
+        # Tune copies the folder into the trial's storage before report() returns
+        tune.report(result, checkpoint=tune.Checkpoint.from_directory(tmp))
