@@ -114,16 +114,19 @@ class Reporter:
 
     def __init__(self, spec: SweepSpec, trial_id: str):
         self.spec, self.trial_id, self.last_step, self.run_id = spec, trial_id, 0, None
+        self.workdir: Optional[Path] = None
 
     def __call__(self, metrics: dict, step: Optional[int]) -> None:
         from ray import tune
 
-        self.run_id = self.run_id or _active_run_id()
+        if self.run_id is None:
+            self.run_id, self.workdir = _active_run()
         if step is not None:  # distillation
             self.last_step = max(self.last_step, step)
             if self.spec.metric == "fid" and "train/fid" in metrics:
                 _report_with_checkpoint({self.spec.objective: metrics["train/fid"], "step": step,
-                                         "final": 0, "trial_id": self.trial_id})
+                                         "final": 0, "trial_id": self.trial_id},
+                                        self.run_id, self.workdir)
         elif metrics.get("nfe") == self.spec.nfe and self.spec.metric in metrics:
             result = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
             # one step past training: ASHA records the final value at the last rung it reached
@@ -132,18 +135,23 @@ class Reporter:
                          "trial_id": self.trial_id})
 
 
-def _active_run_id() -> str:
+def _active_run() -> tuple[str, Path]:
+    """The run's id and its work folder (where its training checkpoints are)."""
     import mlflow
 
-    return mlflow.active_run().info.run_id
+    run_id = mlflow.active_run().info.run_id
+    try:
+        tag = mlflow.get_run(run_id).data.tags.get("bench.workdir")
+    except Exception:  # the store is down: the run spools locally under the default folder
+        tag = None
+    return run_id, Path(tag) if tag else Path("checkpoints") / run_id
 
 
-def _report_with_checkpoint(result: dict) -> None:
+def _report_with_checkpoint(result: dict, run_id: str, workdir: Path) -> None:
     """Report with a Tune checkpoint holding the run id and the newest training checkpoint."""
     from ray import tune
 
-    run_id = _active_run_id()
-    files = sorted((Path("checkpoints") / run_id).glob("checkpoint_*.pt"))
+    files = sorted(workdir.glob("checkpoint_*.pt"))
     with tempfile.TemporaryDirectory() as tmp:
         state = {"run_id": run_id, "checkpoint": files[-1].name if files else None}
         if files:
