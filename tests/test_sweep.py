@@ -176,7 +176,7 @@ def _wait_mid_sweep(uri: str, proc: subprocess.Popen, timeout: float = 240):
 def test_kill_the_driver_then_resume(tmp_path):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     spec = tiny_spec(tmp_path, scheduler="none", num_samples=3, max_concurrent=1, search="random",
-                     set="{iterations: 240, eval_every: 30, eval_samples: 100, mlp_width: 64, log_every: 10}")
+                     set="{iterations: 900, eval_every: 30, eval_samples: 100, mlp_width: 64, log_every: 10}")
     cmd = BENCH + ["sweep", str(spec), "--tracking-uri", uri, "--quiet"]
     proc = subprocess.Popen(cmd, env=ENV, cwd=tmp_path, start_new_session=True,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -212,6 +212,6 @@ def test_kill_the_driver_then_resume(tmp_path):
     loss_after = client.get_metric_history(interrupted.info.run_id, "train/loss")
     kept = {(m.step, m.value) for m in loss_after}
     assert all((m.step, m.value) in kept for m in loss_before)
-    assert max(m.step for m in loss_after) == 240
+    assert max(m.step for m in loss_after) == 900
     resumed = [m for m in loss_after if (m.step, m.value) not in {(b.step, b.value) for b in loss_before}]
     assert min(m.step for m in resumed) > 30, "the trial restarted from scratch instead of its checkpoint"
