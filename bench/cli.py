@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 from typing import Optional, Sequence
 
@@ -33,6 +34,12 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--tracking-uri", help="MLflow tracking URI (default sqlite:///./mlflow.db)")
     r.add_argument("--experiment", help="MLflow experiment name")
     r.add_argument("--quiet", action="store_true", help="no progress bar")
+    r.add_argument("--resume", nargs="?", const="auto", metavar="RUN_ID",
+                   help="continue the newest interrupted run of this same configuration (or RUN_ID) "
+                        "from its newest checkpoint, in the same MLflow run")
+    sy = sub.add_parser("sync", help="replay runs' spooled MLflow data (kept while the store was down)")
+    sy.add_argument("spools", nargs="*", help="spool folders (default: every checkpoints/*/spool)")
+    sy.add_argument("--tracking-uri", help="send to this store instead of the one each spool recorded")
     ls = sub.add_parser("ls", help="list teachers, methods and metrics")
     ls.add_argument("--method", help="show this method's config fields with defaults and help")
     t = sub.add_parser("teacher", help="teacher utilities")
@@ -56,6 +63,8 @@ def _parser() -> argparse.ArgumentParser:
     u = sub.add_parser("ui", help="the MLflow UI on 127.0.0.1 over the same store")
     u.add_argument("--tracking-uri", help="MLflow store (default sqlite:///./mlflow.db)")
     u.add_argument("--port", type=int, default=5000)
+    u.add_argument("--host", default="127.0.0.1",
+                   help="interface to bind (default 127.0.0.1: the UI has no authentication)")
     return p
 
 
@@ -75,12 +84,38 @@ def _run_config(args: argparse.Namespace):
 
 def cmd_run(args: argparse.Namespace) -> int:
     run_cfg, sets = _run_config(args)
-    from bench.run import build_method, run
+    from bench.run import RunHooks, build_method, run
 
     build_method(run_cfg, sets)  # fail on a bad method or --set before loading anything heavy
-    result = run(run_cfg, sets, progress=not args.quiet)
+    previous = signal.signal(signal.SIGTERM, _terminated)  # a scheduler's SIGTERM: the run ends KILLED
+    try:
+        result = run(run_cfg, sets, progress=not args.quiet, hooks=RunHooks(resume=args.resume))
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     print(format_summary(result.rows, result.feature_extractor))
     print(f"MLflow run {result.run_id} (experiment {run_cfg.experiment!r}); browse with `bench ui`")
+    if result.spool:
+        print(f"bench: warning: the MLflow store failed during the run; its params, metrics and "
+              f"artifacts (student included) are in {result.spool}; run `bench sync {result.spool}` "
+              f"when the store is back", file=sys.stderr)
+    return 0
+
+
+def _terminated(signum, frame):
+    raise KeyboardInterrupt
+
+
+def cmd_sync(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from bench.spool import pending, sync
+
+    spools = [Path(p) for p in args.spools] or sorted(Path("checkpoints").glob("*/spool"))
+    waiting = [p for p in spools if pending(p) or args.spools]
+    for spool in waiting:
+        print(f"{spool}: {sync(spool, args.tracking_uri)} events synced")
+    if not waiting:
+        print("nothing to sync")
     return 0
 
 
@@ -161,9 +196,9 @@ def cmd_ui(args: argparse.Namespace) -> int:
 
     uri = resolve_uri(args.tracking_uri)
     env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
-    print(f"MLflow UI for {uri} at http://127.0.0.1:{args.port} (Ctrl-C stops it)", flush=True)
+    print(f"MLflow UI for {uri} at http://{args.host}:{args.port} (Ctrl-C stops it)", flush=True)
     cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", uri,
-           "--host", "127.0.0.1", "--port", str(args.port), "--workers", "1"]
+           "--host", args.host, "--port", str(args.port), "--workers", "1"]
     os.execve(sys.executable, cmd, env)  # become the server: its PID is ours, so stopping us stops it
 
 
@@ -171,7 +206,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     args = _parser().parse_args(argv)
     handler = {"run": cmd_run, "ls": cmd_ls, "teacher": cmd_teacher, "features": cmd_features,
-               "ui": cmd_ui, "report": cmd_report}[args.command]
+               "ui": cmd_ui, "report": cmd_report, "sync": cmd_sync}[args.command]
     try:
         return handler(args)
     except BenchError as exc:

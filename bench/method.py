@@ -33,6 +33,7 @@ class DistillContext:
     workdir: Path = Path("checkpoints")
     progress: bool = True
     quick_eval: Optional[Callable[[Sampler, int], float]] = None  # (sampler, n) -> FID
+    step_offset: int = 0  # global step of the trainer's step 0: progressive rounds continue one axis
 
 
 @dataclasses.dataclass(frozen=True)

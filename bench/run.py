@@ -85,6 +85,9 @@ class RunHooks:
     run_name: Optional[str] = None
     tags: Mapping[str, str] = dataclasses.field(default_factory=dict)
     run_id: Optional[str] = None  # reopen this MLflow run instead of starting one
+    # "auto": continue the newest unfinished run of this configuration from its newest
+    # checkpoint (a fresh run if there is none); a run id: continue that run
+    resume: Optional[str] = None
     on_metrics: Optional[Callable[[dict, Optional[int]], None]] = None
 
 
@@ -94,6 +97,7 @@ class RunResult:
     rows: list[dict]
     distill_cost: dict[str, float]
     feature_extractor: str
+    spool: Optional[str] = None  # where logged data wait if the MLflow store failed and is still down
 
 
 def run(run_cfg: RunConfig, method_overrides: Mapping[str, Any] = (), progress: bool = True,
@@ -102,10 +106,13 @@ def run(run_cfg: RunConfig, method_overrides: Mapping[str, Any] = (), progress: 
     from bench.features import get_extractor
     from bench.reference import build_reference
     from bench.teachers import load_teacher
-    from bench.tracking import mlflow_run
+    from bench.tracking import tracked_run
 
     device = resolve_device(run_cfg.device)
+    torch.manual_seed(run_cfg.seed)  # student initialisations: the same in a fresh or a reused process
     method_cls, method_cfg = build_method(run_cfg, dict(method_overrides))
+    hooks = hooks or RunHooks()
+    hooks, method_cfg = _resume(hooks, run_cfg, method_cfg)
     teacher = load_teacher(run_cfg.teacher, run_cfg.teacher_path, device=str(device)).to(device)
     method = method_cls(teacher, method_cfg, device)
     run_cfg = dataclasses.replace(run_cfg, nfe=run_cfg.nfe or method.default_nfe())
@@ -113,42 +120,64 @@ def run(run_cfg: RunConfig, method_overrides: Mapping[str, Any] = (), progress: 
         method.check_nfe(k)
     extractor = get_extractor(teacher.features, inception_weights=run_cfg.inception_weights,
                               device=str(device))
-    import mlflow  # late: a bad teacher or NFE fails before this ~3 s import
-
-    hooks = hooks or RunHooks()
-    with mlflow_run(run_cfg.experiment, run_cfg.tracking_uri, hooks.run_name, dict(hooks.tags),
-                    hooks.run_id) as active:
+    # mlflow is imported only now: a bad teacher or NFE fails before its ~3 s import
+    with tracked_run(run_cfg.experiment, run_cfg.tracking_uri, hooks.run_name, dict(hooks.tags),
+                     hooks.run_id) as tracker:
         params = {"method": run_cfg.method, "teacher": run_cfg.teacher, "seed": run_cfg.seed,
                   "device": str(device), "n": run_cfg.num_samples, "batch_size": run_cfg.batch_size,
                   "nfe": ",".join(map(str, run_cfg.nfe)), "feature_extractor": extractor.name,
                   "metrics": ",".join(run_cfg.metrics), "reference": run_cfg.reference,
                   **teacher.provenance.as_params(), **cfgs.to_params(method_cfg, "method.")}
-        mlflow.log_params(params)
+        params.pop("method.resume_from", None)  # where an attempt restarted is no hyperparameter
+        tracker.log_params(params)
         ref = build_reference(run_cfg.reference, teacher, extractor, run_cfg.reference_samples,
                               run_cfg.reference_steps, run_cfg.seed, run_cfg.batch_size, device)
-        mlflow.log_params({"reference.resolved": ref.description, "reference.n": ref.n})
+        tracker.log_params({"reference.resolved": ref.description, "reference.n": ref.n})
         ctx = DistillContext(
-            log=_logger(hooks.on_metrics), device=device,
-            seed=run_cfg.seed, workdir=Path("checkpoints") / active.info.run_id, progress=progress,
+            log=_logger(tracker, hooks.on_metrics), device=device,
+            seed=run_cfg.seed, workdir=tracker.workdir, progress=progress,
             quick_eval=_quick_eval(teacher, extractor, ref, run_cfg, device))
         start = time.perf_counter()
         cost = dict(method.distill(ctx))
         cost["distill_seconds"] = time.perf_counter() - start
-        mlflow.log_metrics(cost)
+        tracker.log_metrics(cost)
         anchor = _fidelity_anchor(run_cfg, teacher, device)
-        rows = _evaluate_all(run_cfg, method, teacher, extractor, ref, anchor, device, progress)
+        rows = _evaluate_all(run_cfg, method, teacher, extractor, ref, anchor, device, progress, tracker)
         if hooks.on_metrics:
             for ev in rows:
                 hooks.on_metrics({"nfe": ev.nfe, **ev.metrics()}, None)
-        _log_artifacts(run_cfg, method, params, rows, teacher)
-        return RunResult(active.info.run_id, [r.row() for r in rows], cost, extractor.name)
+        _log_artifacts(run_cfg, method, params, rows, teacher, tracker)
+    return RunResult(tracker.run_id, [r.row() for r in rows], cost, extractor.name,
+                     None if tracker.synced else str(tracker.spool))
 
 
-def _logger(listener):
-    import mlflow
+def _resume(hooks: RunHooks, run_cfg: RunConfig, method_cfg):
+    """Tag the run with its config hash; with ``hooks.resume``, pick the run and checkpoint."""
+    import sys
 
+    from bench.resume import HASH_TAG, config_hash, find_run, latest_checkpoint, workdir_of
+    from bench.tracking import resolve_uri
+
+    key = config_hash(run_cfg, method_cfg)
+    hooks = dataclasses.replace(hooks, tags={**hooks.tags, HASH_TAG: key})
+    if not hooks.resume:
+        return hooks, method_cfg
+    found = find_run(hooks.resume, run_cfg.experiment, resolve_uri(run_cfg.tracking_uri), key)
+    if found is None:
+        print(f"bench: no interrupted run of this configuration in experiment {run_cfg.experiment!r}; "
+              f"starting a new one", file=sys.stderr)
+        return hooks, method_cfg
+    ckpt = latest_checkpoint(workdir_of(found))
+    if ckpt is not None and getattr(method_cfg, "resume_from", "absent") is None:
+        method_cfg = dataclasses.replace(method_cfg, resume_from=str(ckpt))
+    where = f"checkpoint {ckpt}" if ckpt else "the start (it saved no checkpoint)"
+    print(f"bench: resuming MLflow run {found.info.run_id} from {where}", file=sys.stderr)
+    return dataclasses.replace(hooks, run_id=found.info.run_id), method_cfg
+
+
+def _logger(tracker, listener):
     def log(metrics: dict, step: int) -> None:
-        mlflow.log_metrics(metrics, step=step)
+        tracker.log_metrics(metrics, step=step)
         if listener:
             listener(metrics, step)
 
@@ -182,8 +211,7 @@ def _fidelity_anchor(run_cfg, teacher, device) -> Optional[torch.Tensor]:
                         n, run_cfg.seed, run_cfg.batch_size, device).samples
 
 
-def _evaluate_all(run_cfg, method, teacher, extractor, ref, anchor, device, progress):
-    import mlflow
+def _evaluate_all(run_cfg, method, teacher, extractor, ref, anchor, device, progress, tracker):
     from tqdm.auto import tqdm
 
     from bench.evaluator import evaluate
@@ -198,13 +226,12 @@ def _evaluate_all(run_cfg, method, teacher, extractor, ref, anchor, device, prog
                               run_cfg.num_samples, run_cfg.seed, run_cfg.batch_size, device, bar.update,
                               metrics=run_cfg.metrics, anchor=anchor, data_range=teacher.data_range,
                               keep_samples=run_cfg.keep_samples)
-            mlflow.log_metrics(ev.metrics(), step=k)
+            tracker.log_metrics(ev.metrics(), step=k)
             rows.append(ev)
     return rows
 
 
-def _log_artifacts(run_cfg, method, params, rows, teacher) -> None:
-    import mlflow
+def _log_artifacts(run_cfg, method, params, rows, teacher, tracker) -> None:
     import pandas as pd
 
     from bench.artifacts import save_grid, save_samples
@@ -220,4 +247,4 @@ def _log_artifacts(run_cfg, method, params, rows, teacher) -> None:
             save_samples(ev.samples, out / "samples" / f"nfe_{ev.nfe}.npz")
         pd.DataFrame([ev.row() for ev in rows]).to_csv(out / "summary.csv", index=False)
         method.save_artifacts(out)
-        mlflow.log_artifacts(str(out))
+        tracker.log_artifacts(out)

@@ -11,6 +11,7 @@ import importlib.metadata
 import logging
 import os
 import platform
+import socket
 import subprocess
 import warnings
 from pathlib import Path
@@ -18,6 +19,10 @@ from typing import Iterator, Optional
 
 from bench.errors import BenchError
 
+# MLflow's HTTP client retries a dead server for ~4 minutes per call by default; a run falls
+# back to its local spool instead (bench.spool), so a few seconds of retries are enough
+HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "3", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+                 "MLFLOW_HTTP_REQUEST_TIMEOUT": "60"}
 PACKAGES = ("distill-bench", "torch", "torchvision", "diffusers", "mlflow", "torch-fidelity",
             "numpy", "scikit-learn")
 
@@ -51,6 +56,13 @@ def version_tags() -> dict[str, str]:
     return tags
 
 
+def _quiet() -> None:
+    for name in ("mlflow", "alembic"):  # store creation logs are noise in a CLI
+        logging.getLogger(name).setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", module="sqlalchemy")
+    warnings.filterwarnings("ignore", module="alembic")
+
+
 @contextlib.contextmanager
 def mlflow_run(experiment: str, uri: Optional[str], run_name: Optional[str] = None,
                tags: Optional[dict[str, str]] = None, run_id: Optional[str] = None) -> Iterator:
@@ -61,9 +73,7 @@ def mlflow_run(experiment: str, uri: Optional[str], run_name: Optional[str] = No
     """
     import mlflow
 
-    for name in ("mlflow", "alembic"):  # store creation logs are noise in a CLI
-        logging.getLogger(name).setLevel(logging.WARNING)
-    warnings.filterwarnings("ignore", module="sqlalchemy")
+    _quiet()
     mlflow.set_tracking_uri(resolve_uri(uri))
     try:
         mlflow.set_experiment(experiment)
@@ -74,3 +84,101 @@ def mlflow_run(experiment: str, uri: Optional[str], run_name: Optional[str] = No
     with mlflow.start_run(run_id=run_id, run_name=None if run_id else run_name, tags=tags) as run:
         mlflow.set_tags(version_tags())
         yield run
+
+
+@contextlib.contextmanager
+def store_lock(uri: str) -> Iterator[None]:
+    """Serialise store creation across processes on one sqlite file: MLflow migrates a new
+    database's schema on first use, and concurrent migrations of one file fail."""
+    if not uri.startswith("sqlite:///"):
+        yield
+        return
+    import fcntl
+
+    db = Path(uri[len("sqlite:///"):])
+    db.parent.mkdir(parents=True, exist_ok=True)
+    with open(db.with_name(db.name + ".lock"), "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _open(experiment: str, uri: str, run_name, tags, run_id):
+    """Start (or reopen) the run as MLflow's active run, so ``mlflow.active_run()`` works inside."""
+    import mlflow
+
+    _quiet()
+    mlflow.set_tracking_uri(uri)
+    try:
+        with store_lock(uri):
+            exp = mlflow.set_experiment(experiment)
+            if run_id and mlflow.get_run(run_id).info.experiment_id != exp.experiment_id:
+                raise BenchError(f"run {run_id} is not in experiment {experiment!r}; pass --experiment")
+            return mlflow.start_run(run_id=run_id, run_name=None if run_id else run_name, tags=tags)
+    except BenchError:
+        raise
+    except Exception as exc:  # mlflow raises many types for an unreachable or bad store
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise BenchError(f"cannot use MLflow store {uri}: {first}; check --tracking-uri") from None
+
+
+@contextlib.contextmanager
+def tracked_run(experiment: str, uri: Optional[str], run_name: Optional[str] = None,
+                tags: Optional[dict[str, str]] = None, run_id: Optional[str] = None) -> Iterator:
+    """One MLflow run whose logging never loses data; yields a ``bench.spool.Tracker``.
+
+    The run's work folder (checkpoints, spool) is ``checkpoints/<run id>`` under the working
+    directory, recorded as the tag ``bench.workdir`` so a resumed run finds it again. The run
+    ends FINISHED, FAILED (an exception) or KILLED (Ctrl-C, SIGTERM, a sweep stopping it);
+    if the store failed meanwhile, the end status waits in the spool with everything else.
+    """
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    from bench.spool import Tracker, pending, sync
+
+    uri = resolve_uri(uri)
+    for key, value in HTTP_DEFAULTS.items():
+        os.environ.setdefault(key, value)
+    active = _open(experiment, uri, run_name, tags, run_id)
+    info = mlflow.get_run(active.info.run_id)
+    workdir = Path(info.data.tags.get("bench.workdir") or (Path("checkpoints") / active.info.run_id).resolve())
+    tracker = Tracker(MlflowClient(uri), active.info.run_id, uri, workdir / "spool", info.data.params)
+    tracker.workdir = workdir
+    if pending(tracker.spool):  # an earlier attempt's spool goes first, to keep the order
+        try:
+            sync(tracker.spool, client=tracker.client)
+        except BenchError as exc:
+            tracker.offline = str(exc)
+    tracker.set_tags({**version_tags(), **(tags or {}), "bench.workdir": str(workdir),
+                      "bench.host": socket.gethostname(), "bench.pid": str(os.getpid())})
+    status = "FAILED"
+    try:
+        yield tracker
+        status = "FINISHED"
+    except (KeyboardInterrupt, SystemExit):
+        status = "KILLED"
+        raise
+    finally:
+        tracker.synced = tracker.finish(status)
+        _end_active(status, tracker.synced)
+
+
+def _end_active(status: str, reachable: bool) -> None:
+    """Pop MLflow's active run; where the store is known to fail, without minutes of retries."""
+    import mlflow
+
+    saved = os.environ.get("MLFLOW_HTTP_REQUEST_MAX_RETRIES")
+    if not reachable:
+        os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = "0"
+    try:
+        mlflow.end_run(status)  # pops the run first, then sets the status (done already)
+    except Exception:
+        pass  # the status is in the spool: bench sync sets it
+    finally:
+        if saved is None:
+            os.environ.pop("MLFLOW_HTTP_REQUEST_MAX_RETRIES", None)
+        else:
+            os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = saved

@@ -40,7 +40,9 @@ class TrainConfig:
     log_every: int = option(10, "log train/* metrics every N steps")
     eval_every: int = option(0, "quick FID of the student every N steps (0: off)")
     eval_samples: int = option(256, "n of the quick evaluation (raised to the feature dimension if smaller)")
-    checkpoint_every: int = option(0, "save a checkpoint every N steps (0: off)")
+    checkpoint_every: int = option(250, "save a checkpoint every N steps and at the end (0: off); "
+                                         "a killed run resumes from the newest (bench run --resume)")
+    keep_checkpoints: int = option(2, "newest checkpoints kept per run (older ones are deleted)")
     resume_from: Optional[str] = option(None, "checkpoint file to resume from")
 
     def __post_init__(self):
@@ -52,9 +54,44 @@ class TrainConfig:
             raise ValueError(f"precision must be auto, fp32 or bf16, got {self.precision!r}")
         if not 0 <= self.ema_decay < 1:
             raise ValueError("ema_decay must be in [0, 1)")
+        if self.checkpoint_every < 0 or self.keep_checkpoints < 1:
+            raise ValueError("checkpoint_every must be >= 0 and keep_checkpoints >= 1")
 
 
 StepFn = Callable[[int, torch.Generator], tuple[torch.Tensor, float]]
+CHECKPOINT_GLOB = "checkpoint_*.pt"
+
+
+class Diverged(BenchError):
+    """A non-finite loss or gradient: training cannot go on from here."""
+
+
+def checkpoint_step(path: Path) -> int:
+    """The global step in a checkpoint's name (``checkpoint_0000250.pt`` -> 250)."""
+    return int(path.stem.rsplit("_", 1)[1])
+
+
+def list_checkpoints(workdir: Path) -> list[Path]:
+    """Checkpoints in ``workdir``, oldest first by step (names sort wrongly past 9,999,999)."""
+    found = [p for p in Path(workdir).glob(CHECKPOINT_GLOB) if p.stem.rsplit("_", 1)[1].isdigit()]
+    return sorted(found, key=checkpoint_step)
+
+
+def read_checkpoint(path: Path, device="cpu") -> dict:
+    """A checkpoint's state, loaded as weights only; unreadable files are one-line BenchErrors."""
+    path = Path(path)
+    if not path.is_file():
+        raise BenchError(f"checkpoint {path} does not exist; check resume_from")
+    try:
+        state = torch.load(path, map_location=device, weights_only=True)
+    except Exception as exc:  # torch raises several types for truncated, corrupt or pickled files
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise BenchError(f"checkpoint {path} cannot be loaded as weights ({first[:200]}); "
+                         f"delete it to resume from an older one") from None
+    if not isinstance(state, dict) or "model" not in state or "step" not in state:
+        raise BenchError(f"checkpoint {path} is not a distill-bench training checkpoint")
+    return state
+
 
 
 class Trainer:
@@ -71,6 +108,9 @@ class Trainer:
         self.teacher_nfe = 0.0  # cumulative teacher forward passes, counted per sample
         self.seconds = 0.0
         self.history: list[dict[str, float]] = []  # what was logged, for the training-curve plot
+        self.extra: dict = {}  # a method's own resume state (e.g. the progressive round), saved as is
+        self._saved_step = -1
+        self._rng_before = None
         device_type = ctx.device.type
         self.bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and device_type == "cuda")
         self.autocast = lambda: torch.autocast(device_type, dtype=torch.bfloat16, enabled=self.bf16)
@@ -79,15 +119,20 @@ class Trainer:
 
     # -- one step ------------------------------------------------------------------
     def _step(self, step_fn: StepFn) -> float:
+        # the RNG before the step: a last-good checkpoint written after a failed step must
+        # resume exactly as if the step had not started
+        self._rng_before = (self.gen.get_state(), torch.get_rng_state())
         with self.autocast():
             losses, teacher_nfe = step_fn(self.step, self.gen)
         loss = losses.float().mean()
         if not torch.isfinite(loss):
-            raise BenchError(f"training loss is {loss.item()} at step {self.step}; lower lr or raise grad_clip")
+            raise Diverged(f"loss is {loss.item()} at step {self.step}")
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         if self.cfg.grad_clip > 0:
-            nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
+            norm = nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
+            if not torch.isfinite(norm):  # clipping by a non-finite norm would write NaN into every weight
+                raise Diverged(f"gradient norm is {norm.item()} at step {self.step}")
         self.opt.step()
         self.sched.step()
         if self.ema is not self.model:
@@ -109,7 +154,12 @@ class Trainer:
                    unit="it", desc="distilling")
         while self.step < cfg.iterations:
             start = time.perf_counter()
-            loss = self._step(step_fn)
+            try:
+                loss = self._step(step_fn)
+            except Diverged as exc:
+                bar.close()
+                raise Diverged(f"training diverged: {exc}; {self._save_last_good()}; lower lr "
+                               f"(or set grad_clip) and pass --set resume_from=CHECKPOINT") from None
             if self.ctx.device.type == "cuda":
                 torch.cuda.synchronize(self.ctx.device)
             elapsed = time.perf_counter() - start
@@ -124,7 +174,9 @@ class Trainer:
                 fid = self.ctx.quick_eval(quick_sampler(self.ema), cfg.eval_samples)
                 self._log({"train/fid": fid})
             if cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0:
-                self.save(self.ctx.workdir / f"checkpoint_{self.step:07d}.pt")
+                self.checkpoint()
+        if cfg.checkpoint_every and self._saved_step != self.step:
+            self.checkpoint()  # the trained state: a run killed during evaluation skips training
         bar.close()
         return {"train_seconds": self.seconds, "teacher_nfe": self.teacher_nfe,
                 "train_iterations": float(self.step)}
@@ -134,26 +186,61 @@ class Trainer:
         self.history.append({"step": float(self.step), "train/seconds": self.seconds, **metrics})
 
     # -- checkpoints -----------------------------------------------------------------
+    def checkpoint(self) -> Path:
+        """Save ``checkpoint_<global step>.pt`` in the work folder; keep the newest few.
+
+        Weights that already went non-finite (possible without gradient clipping) are never
+        saved, so the newest checkpoint on disk is always a good one to resume from."""
+        if not self._finite():
+            raise Diverged(f"training diverged: the weights are not finite at step {self.step}; "
+                           f"{self._newest_good()}")
+        workdir = Path(self.ctx.workdir)
+        path = self.save(workdir / f"checkpoint_{self.ctx.step_offset + self.step:07d}.pt")
+        for old in list_checkpoints(workdir)[:-self.cfg.keep_checkpoints]:
+            old.unlink(missing_ok=True)
+        return path
+
+    def _finite(self) -> bool:
+        return all(bool(torch.isfinite(p).all()) for p in self.model.parameters())
+
+    def _newest_good(self) -> str:
+        found = list_checkpoints(Path(self.ctx.workdir))
+        return f"the last good checkpoint is {found[-1]}" if found else "no good checkpoint was saved"
+
+    def _save_last_good(self) -> str:
+        """After a failed step: the weights are those of the previous step unless they were
+        already non-finite, in which case the newest checkpoint is the last good state."""
+        if not self._finite():
+            return self._newest_good()
+        if self._rng_before is not None:
+            self.gen.set_state(self._rng_before[0])
+            torch.set_rng_state(self._rng_before[1])
+        return f"the last good state (step {self.ctx.step_offset + self.step}) is saved in {self.checkpoint()}"
+
     def save(self, path: Path) -> Path:
-        """Student, EMA, optimiser, step, cost counters and RNG states in one file."""
+        """Student, EMA, optimiser, step, cost counters, RNG states and ``extra`` in one file."""
         path.parent.mkdir(parents=True, exist_ok=True)
         state = {"model": self.model.state_dict(), "ema": self.ema.state_dict(),
                  "opt": self.opt.state_dict(), "sched": self.sched.state_dict(),
                  "step": self.step, "teacher_nfe": self.teacher_nfe, "seconds": self.seconds,
-                 "gen": self.gen.get_state(), "torch_rng": torch.get_rng_state()}
+                 "gen": self.gen.get_state(), "torch_rng": torch.get_rng_state(), "extra": self.extra}
         tmp = path.with_suffix(".tmp")
         torch.save(state, tmp)
         tmp.replace(path)  # atomic: an interrupted save never leaves a truncated checkpoint
+        self._saved_step = self.step
         return path
 
     def load(self, path: Path) -> None:
-        if not path.is_file():
-            raise BenchError(f"checkpoint {path} does not exist; check resume_from")
-        state = torch.load(path, map_location=self.ctx.device, weights_only=True)
-        self.model.load_state_dict(state["model"])
-        self.ema.load_state_dict(state["ema"])
-        self.opt.load_state_dict(state["opt"])
+        state = read_checkpoint(path, self.ctx.device)
+        try:
+            self.model.load_state_dict(state["model"])
+            self.ema.load_state_dict(state["ema"])
+            self.opt.load_state_dict(state["opt"])
+        except (RuntimeError, ValueError, KeyError) as exc:
+            first = str(exc).strip().splitlines()[0][:200]
+            raise BenchError(f"checkpoint {path} does not fit this model and config ({first})") from None
         self.sched.load_state_dict(state["sched"])
         self.step, self.teacher_nfe, self.seconds = state["step"], state["teacher_nfe"], state["seconds"]
         self.gen.set_state(state["gen"].cpu())
         torch.set_rng_state(state["torch_rng"].cpu())
+        self.extra, self._saved_step = dict(state.get("extra", {})), self.step

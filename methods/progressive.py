@@ -47,8 +47,6 @@ class ProgressiveConfig(TrainConfig):
             raise ValueError("start_steps must be end_steps times a power of two (>= 2)")
         if self.data not in ("real", "synthetic"):
             raise ValueError(f"data must be real or synthetic, got {self.data!r}")
-        if self.resume_from:
-            raise ValueError("resume_from is not supported across progressive rounds yet")
 
 
 def two_step_target(teacher: Teacher, x_t, t: int, t_mid: int, t_next: int) -> torch.Tensor:
@@ -87,16 +85,27 @@ class Progressive(Method):
         x_data, cost = self._data(ctx)
         x_data = x_data.to(self.device)
         teacher, n, step0, seconds, teacher_nfe = self.teacher, cfg.start_steps // 2, 0, 0.0, 0.0
+        resume = _resume_point(cfg.resume_from)
+        clip = self.teacher.clip_x0
         while n >= cfg.end_steps:
+            if resume and n > resume["round"]:  # finished before the interruption: reload its student
+                teacher = _load_round(teacher, Path(cfg.resume_from).parent / _round_file(n), clip)
+                self.students[n], n = teacher, n // 2
+                continue
+            if resume:  # the interrupted round: its checkpoint carries the cost so far
+                step0, seconds, teacher_nfe = resume["step0"], resume["seconds"], resume["teacher_nfe"]
             student = _trainable_copy(teacher)  # this round's student starts as its teacher
             grid, fine = teacher.schedule.timesteps(n), teacher.schedule.timesteps(2 * n)
             loss = self._loss_fn(teacher, student, x_data, grid, fine)
             round_ctx = _offset_ctx(ctx, step0, seconds, teacher_nfe)
-            trainer = Trainer(student.net, cfg, round_ctx)
-            clip = self.teacher.clip_x0
+            trainer = Trainer(student.net, dataclasses.replace(cfg, resume_from=cfg.resume_from if resume
+                                                               else None), round_ctx)
+            resume = None
+            trainer.extra = {"round": n, "step0": step0, "seconds": seconds, "teacher_nfe": teacher_nfe}
             out = trainer.fit(loss, quick_sampler=lambda net, n=n: self._sampler(_frozen(student, net, clip), n))
             teacher = _frozen(student, trainer.ema, clip)
             self.students[n] = teacher
+            _save_round(trainer.ema, Path(ctx.workdir) / _round_file(n))
             self.history += [{**h, "train/seconds": h["train/seconds"] + seconds} for h in trainer.history]
             step0, seconds, teacher_nfe = step0 + out["train_iterations"], seconds + out["train_seconds"], \
                 teacher_nfe + out["teacher_nfe"]
@@ -170,6 +179,43 @@ def _frozen(student: Teacher, net, clip_x0: bool) -> Teacher:
     return student.replace(net=net, clip_x0=clip_x0)
 
 
+def _round_file(n: int) -> str:
+    return f"round_{n:04d}step.safetensors"
+
+
+def _save_round(net, path: Path) -> None:
+    """A finished round's student (EMA), atomically: a resumed run rebuilds earlier rounds from these."""
+    from bench.artifacts import save_weights
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    save_weights(net, tmp)
+    tmp.replace(path)
+
+
+def _load_round(teacher: Teacher, path: Path, clip_x0: bool) -> Teacher:
+    from safetensors.torch import load_file
+
+    if not path.is_file():
+        raise BenchError(f"cannot resume progressive distillation: {path} (a finished round's student) "
+                         f"is missing beside the checkpoint")
+    net = copy.deepcopy(teacher.net).requires_grad_(False).train()  # as the Trainer's EMA copy
+    net.load_state_dict(load_file(str(path), device=str(next(net.parameters()).device)))
+    return teacher.replace(net=net, clip_x0=clip_x0)
+
+
+def _resume_point(path) -> dict | None:
+    """The round and the cost so far stored in a progressive checkpoint (None: a fresh start)."""
+    if not path:
+        return None
+    from bench.train import read_checkpoint
+
+    extra = read_checkpoint(Path(path)).get("extra", {})
+    if "round" not in extra:
+        raise BenchError(f"checkpoint {path} was not written by progressive distillation (no round)")
+    return extra
+
+
 def _offset_ctx(ctx: DistillContext, step0: float, seconds: float, nfe: float) -> DistillContext:
     """Rounds log on one axis: steps, seconds and teacher passes continue across rounds."""
     def log(metrics: dict[str, float], step: int) -> None:
@@ -180,7 +226,7 @@ def _offset_ctx(ctx: DistillContext, step0: float, seconds: float, nfe: float) -
             m["train/teacher_nfe"] += nfe
         ctx.log(m, int(step0) + step)
 
-    return dataclasses.replace(ctx, log=log)
+    return dataclasses.replace(ctx, log=log, step_offset=ctx.step_offset + int(step0))
 
 
 def synthetic_data(teacher: Teacher, n: int, steps: int, ctx: DistillContext) -> tuple[torch.Tensor, dict]:

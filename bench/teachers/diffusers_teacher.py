@@ -64,7 +64,12 @@ def load_unet_folder(root: Path, provenance_source: str, revision: str = "",
     from diffusers import DDPMScheduler, UNet2DModel
 
     logging.getLogger("diffusers").setLevel(logging.ERROR)
-    unet = UNet2DModel.from_pretrained(unet_dir).eval().requires_grad_(False).to(device)
+    try:  # diffusers reads .bin weights with torch.load(weights_only=True): no code runs from them
+        unet = UNet2DModel.from_pretrained(unet_dir, use_safetensors=weights.suffix == ".safetensors")
+        unet = unet.eval().requires_grad_(False).to(device)
+    except (OSError, RuntimeError, ValueError) as exc:
+        raise BenchError(f"cannot load the UNet in {unet_dir}: {_load_failure(exc)}; "
+                         f"pass a folder saved by UNet2DModel.save_pretrained") from None
     scheduler = DDPMScheduler.from_pretrained(_component_dir(root, "scheduler"))
     return unet_teacher(unet, scheduler, Provenance(provenance_source, revision, sha256_of(weights)))
 
@@ -78,6 +83,19 @@ class _UNetNet(torch.nn.Module):
 
     def forward(self, x_t: torch.Tensor, t: torch.Tensor, cond=None) -> torch.Tensor:
         return self.unet(x_t, t, class_labels=cond).sample
+
+
+def _load_failure(exc: BaseException) -> str:
+    """One line out of diffusers' multi-line load errors: the first size mismatch, else the
+    innermost cause (e.g. safetensors' header error for a truncated or corrupt file)."""
+    text = str(exc)
+    mismatch = next((line.strip() for line in text.splitlines() if "size mismatch" in line), None)
+    if mismatch:
+        return f"the weights do not fit its config.json ({mismatch[:240]})"
+    while exc.__cause__ or exc.__context__:
+        exc = exc.__cause__ or exc.__context__
+    first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    return f"the weights file is unreadable ({type(exc).__name__}: {first[:200]})"
 
 
 def unet_teacher(unet, scheduler, provenance: Provenance,
