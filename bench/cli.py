@@ -65,6 +65,9 @@ def _parser() -> argparse.ArgumentParser:
     u.add_argument("--port", type=int, default=5000)
     u.add_argument("--host", default="127.0.0.1",
                    help="interface to bind (default 127.0.0.1: the UI has no authentication)")
+    from bench.perf_cli import add_parser as add_perf  # argparse only: bench --help stays quick
+
+    add_perf(sub)
     return p
 
 
@@ -202,11 +205,17 @@ def cmd_ui(args: argparse.Namespace) -> int:
     os.execve(sys.executable, cmd, env)  # become the server: its PID is ours, so stopping us stops it
 
 
+def _cmd_perf(args: argparse.Namespace) -> int:
+    from bench.perf_cli import cmd_perf
+
+    return cmd_perf(args)
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     args = _parser().parse_args(argv)
     handler = {"run": cmd_run, "ls": cmd_ls, "teacher": cmd_teacher, "features": cmd_features,
-               "ui": cmd_ui, "report": cmd_report, "sync": cmd_sync}[args.command]
+               "ui": cmd_ui, "report": cmd_report, "sync": cmd_sync, "perf": _cmd_perf}[args.command]
     try:
         return handler(args)
     except BenchError as exc:

@@ -147,7 +147,8 @@ class BOOT(Method):
 
     # -- the method contract ----------------------------------------------------------
     def distill(self, ctx: DistillContext) -> dict[str, float]:
-        trainer = Trainer(self.student, self.config, ctx)
+        # the teacher runs in every step, so compile/channels_last apply to it as well
+        trainer = Trainer(self.student, self.config, ctx, frozen=(self.teacher.net,))
         cost = trainer.fit(self.loss, quick_sampler=self._one_step)
         self.ema = trainer.ema.eval()
         self.history = trainer.history
@@ -165,7 +166,13 @@ class BOOT(Method):
 
     def sampler(self, nfe: int) -> Sampler:
         self.check_nfe(nfe)
-        return self._one_step(self.ema)
+        if not self.config.compile:
+            return self._one_step(self.ema)
+        if getattr(self, "_fast", (None,))[0] is not self.ema:  # compile once per student
+            from bench.accel import compiled_sampler
+
+            self._fast = (self.ema, compiled_sampler(self.ema, self.device))
+        return self._one_step(self._fast[1])
 
     def save_artifacts(self, out_dir: Path) -> None:
         from bench.artifacts import plot_training, save_weights
