@@ -60,6 +60,9 @@ def _parser() -> argparse.ArgumentParser:
     rp.add_argument("--format", default="md,tex,csv,html", help="comma-separated: md, tex, csv, html")
     rp.add_argument("--baseline-steps", type=int, default=50, help="speed-up is against DDIM at this NFE")
     rp.add_argument("--tracking-uri", help="MLflow store (default sqlite:///./mlflow.db)")
+    from sweeps.cli import add_parser as add_sweep
+
+    add_sweep(sub)
     u = sub.add_parser("ui", help="the MLflow UI on 127.0.0.1 over the same store")
     u.add_argument("--tracking-uri", help="MLflow store (default sqlite:///./mlflow.db)")
     u.add_argument("--port", type=int, default=5000)
@@ -205,6 +208,12 @@ def cmd_ui(args: argparse.Namespace) -> int:
     os.execve(sys.executable, cmd, env)  # become the server: its PID is ours, so stopping us stops it
 
 
+def _cmd_sweep(args: argparse.Namespace) -> int:
+    from sweeps.cli import cmd_sweep
+
+    return cmd_sweep(args)
+
+
 def _cmd_perf(args: argparse.Namespace) -> int:
     from bench.perf_cli import cmd_perf
 
@@ -215,7 +224,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     args = _parser().parse_args(argv)
     handler = {"run": cmd_run, "ls": cmd_ls, "teacher": cmd_teacher, "features": cmd_features,
-               "ui": cmd_ui, "report": cmd_report, "sync": cmd_sync, "perf": _cmd_perf}[args.command]
+               "ui": cmd_ui, "report": cmd_report, "sync": cmd_sync, "sweep": _cmd_sweep, "perf": _cmd_perf}[args.command]
     try:
         return handler(args)
     except BenchError as exc:
