@@ -90,7 +90,7 @@ def _train(cfg: PerfConfig, teacher, device, log_fn, extra: dict) -> dict[str, f
     for method in cfg.methods:
         r = measure_training(method, teacher, device, base, cfg.steps, cfg.warmup, cfg.blocks,
                              log_fn if method == cfg.methods[0] else None)
-        for key in ("logging_overhead_fraction", "logging_overhead_fraction_direct", "logging_call_seconds"):
+        for key in ("logging_overhead_fraction", "logging_overhead_fraction_ab", "logging_call_seconds"):
             if key in r:
                 out[key] = r.pop(key)
         r.pop("log_every", None)
