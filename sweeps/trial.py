@@ -22,11 +22,12 @@ STATE = "trial_state.json"
 
 def run_trial(config: dict, spec: SweepSpec, parent_run_id: str, tracking_uri: str) -> None:
     """The Ray Tune trainable (a function; Ray binds the keyword arguments)."""
+    import ray
     import torch
     from ray import tune
 
     from bench import config as cfgs
-    from bench.run import RunConfig, RunHooks, build_method, run
+    from bench.run import RunConfig, RunHooks, run
 
     torch.set_num_threads(max(1, int(spec.resources.get("cpu", 1))))
     context = tune.get_context()
@@ -35,36 +36,54 @@ def run_trial(config: dict, spec: SweepSpec, parent_run_id: str, tracking_uri: s
         # Ray's experiment state lags behind MLflow: a trial that finished just before the
         # driver died comes back as unfinished. It is not rerun; its result is reported again.
         return _report_finished(spec, previous, tracking_uri, context.get_trial_id())
-    run_id, resume_file = restore(tune.get_checkpoint())
     run_cfg = cfgs.replace(RunConfig(method=spec.method, teacher=spec.teacher), spec.run, what="run")
     run_cfg = cfgs.replace(run_cfg, {"tracking_uri": tracking_uri}, what="run")
-    overrides = {**spec.set, **config}
-    _, method_cfg = build_method(run_cfg, overrides)
-    if "checkpoint_every" not in spec.set and getattr(method_cfg, "eval_every", 0) > 0 \
-            and hasattr(method_cfg, "checkpoint_every"):
-        # a checkpoint per evaluation period: what a retried or resumed trial continues from
-        overrides["checkpoint_every"] = method_cfg.eval_every
+    overrides = _overrides(spec, config, run_cfg)
+    resume_file = _tune_checkpoint_file(tune.get_checkpoint(), previous)
     if resume_file:
         overrides["resume_from"] = str(resume_file)
     reporter = Reporter(spec, context.get_trial_id())
-    import ray
-
     tags = {"mlflow.parentRunId": parent_run_id, "sweep.name": spec.name,
             "sweep.trial_id": context.get_trial_id(),
             "sweep.node_id": ray.get_runtime_context().get_node_id()}
-    # without a Tune checkpoint (the driver died before Ray recorded one), the trial's own
-    # unfinished MLflow run is continued from the newest checkpoint in its work folder
-    resume = previous.info.run_id if previous is not None and not run_id else None
+    # an earlier attempt of this trial (retried, or the driver died): continue its MLflow run
+    resume = previous.info.run_id if previous is not None else None
     try:
         run(run_cfg, overrides, progress=False,
-            hooks=RunHooks(run_name=context.get_trial_name(), tags=tags, run_id=run_id,
-                           resume=resume, on_metrics=reporter))
+            hooks=RunHooks(run_name=context.get_trial_name(), tags=tags, resume=resume,
+                           on_metrics=reporter))
     except SystemExit:
         # Tune stops a trial by raising SystemExit inside report(): the run did nothing wrong,
         # so it is KILLED (MLflow had marked it FAILED), and says why
         if reporter.run_id:
             _mark_stopped(tracking_uri, reporter.run_id, reporter.last_step)
         raise
+
+
+def _overrides(spec: SweepSpec, config: dict, run_cfg) -> dict:
+    """Fixed and searched method fields, with a checkpoint per evaluation period by default:
+    what a retried or resumed trial continues from."""
+    from bench.run import build_method
+
+    overrides = {**spec.set, **config}
+    _, method_cfg = build_method(run_cfg, overrides)
+    if "checkpoint_every" not in spec.set and getattr(method_cfg, "eval_every", 0) > 0 \
+            and hasattr(method_cfg, "checkpoint_every"):
+        overrides["checkpoint_every"] = method_cfg.eval_every
+    return overrides
+
+
+def _tune_checkpoint_file(checkpoint, previous) -> Optional[Path]:
+    """The training checkpoint Tune kept, where it is newer than any in the earlier attempt's
+    work folder on this node (none there when the attempt ran on another node). Otherwise the
+    run's own newest checkpoint is used (it may be one evaluation period newer than Tune's)."""
+    from bench.resume import latest_checkpoint, workdir_of
+
+    _, file = restore(checkpoint)
+    if file is None or previous is None:
+        return file
+    local = latest_checkpoint(workdir_of(previous))
+    return file if local is None or local.name < file.name else None
 
 
 def _trial_run(uri: str, parent_run_id: str, trial_id: str):

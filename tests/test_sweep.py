@@ -153,6 +153,12 @@ def _descendants(pid: int) -> list[int]:
     return out
 
 
+def _mid_training(client, run_id: str) -> bool:
+    """Past its second quick FID (so a checkpoint exists) and far from the end (3000 steps)."""
+    fids = client.get_metric_history(run_id, "train/fid")
+    return len(fids) >= 2 and max(m.step for m in fids) <= 1000
+
+
 def _wait_mid_sweep(uri: str, proc: subprocess.Popen, timeout: float = 240):
     """Until one trial has finished and the next has reported a quick FID after its first
     checkpoint (so its Tune checkpoint holds training state)."""
@@ -165,8 +171,7 @@ def _wait_mid_sweep(uri: str, proc: subprocess.Popen, timeout: float = 240):
             time.sleep(1)
             continue
         finished = [k for k in kids if k.info.status == "FINISHED"]
-        running = [k for k in kids if k.info.status == "RUNNING"
-                   and len(client.get_metric_history(k.info.run_id, "train/fid")) >= 2]
+        running = [k for k in kids if k.info.status == "RUNNING" and _mid_training(client, k.info.run_id)]
         if finished and running:
             return parent, kids, running[0]
         time.sleep(0.5)
@@ -176,7 +181,7 @@ def _wait_mid_sweep(uri: str, proc: subprocess.Popen, timeout: float = 240):
 def test_kill_the_driver_then_resume(tmp_path):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     spec = tiny_spec(tmp_path, scheduler="none", num_samples=3, max_concurrent=1, search="random",
-                     set="{iterations: 900, eval_every: 30, eval_samples: 100, mlp_width: 64, log_every: 10}")
+                     set="{iterations: 3000, eval_every: 100, eval_samples: 100, mlp_width: 64, log_every: 20}")
     cmd = BENCH + ["sweep", str(spec), "--tracking-uri", uri, "--quiet"]
     proc = subprocess.Popen(cmd, env=ENV, cwd=tmp_path, start_new_session=True,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -194,6 +199,7 @@ def test_kill_the_driver_then_resume(tmp_path):
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
     client, _, _ = children(uri)
+    assert client.get_run(interrupted.info.run_id).info.status != "FINISHED", "killed too late"
     before = {k.info.run_id: k for k in kids}
     loss_before = client.get_metric_history(interrupted.info.run_id, "train/loss")
     out = subprocess.run(cmd + ["--resume"], env=ENV, cwd=tmp_path, capture_output=True, text=True, timeout=300)
@@ -208,10 +214,16 @@ def test_kill_the_driver_then_resume(tmp_path):
         if k.info.run_id in before and before[k.info.run_id].info.status == "FINISHED":
             assert k.data.metrics == before[k.info.run_id].data.metrics  # untouched
             assert k.info.end_time == before[k.info.run_id].info.end_time
-    # the interrupted trial continued in its own run from its checkpoint: what it had logged is kept
+    # the interrupted trial continued in its own run from its newest checkpoint: what it had
+    # logged is kept, the steps since that checkpoint are logged again (with the same values:
+    # resuming is deterministic), and nothing before it is
     loss_after = client.get_metric_history(interrupted.info.run_id, "train/loss")
-    kept = {(m.step, m.value) for m in loss_after}
-    assert all((m.step, m.value) in kept for m in loss_before)
-    assert max(m.step for m in loss_after) == 900
-    resumed = [m for m in loss_after if (m.step, m.value) not in {(b.step, b.value) for b in loss_before}]
-    assert min(m.step for m in resumed) > 30, "the trial restarted from scratch instead of its checkpoint"
+    assert max(m.step for m in loss_before) < 3000, "killed after training had ended"
+    after = {}
+    for m in loss_after:
+        after.setdefault(m.step, set()).add(m.value)
+    assert sorted(after) == list(range(20, 3001, 20))
+    assert all(len(values) == 1 for values in after.values())  # re-logged steps: same values
+    assert all(m.value in after[m.step] for m in loss_before)
+    relogged = len(loss_after) - len(after)
+    assert relogged <= 100 // 20, f"{relogged} steps logged twice: restarted instead of continuing"
