@@ -125,7 +125,9 @@ def _tuner(spec: SweepSpec, parent_run_id: str, uri: str, exp_dir: Path, resume:
     run_config = tune.RunConfig(
         name=spec.name, storage_path=str(spec.storage()), verbose=min(verbose, 1),
         failure_config=tune.FailureConfig(max_failures=spec.max_failures),
-        checkpoint_config=tune.CheckpointConfig(num_to_keep=1))
+        # not 1: the experiment state on disk may still name the previous checkpoint when the
+        # driver dies, and --resume fails on a checkpoint already deleted (seen with 1)
+        checkpoint_config=tune.CheckpointConfig(num_to_keep=3))
     return tune.Tuner(trainable, param_space=param_space(spec), tune_config=tune_config,
                       run_config=run_config)
 
