@@ -203,12 +203,12 @@ def _close_children(parent_run_id: str, uri: str, best_run_id: Optional[str], by
                                   max_results=10_000)
     for child in children:
         run_id, status = child.info.run_id, child.info.status
-        if status == "RUNNING":
-            client.set_terminated(run_id, "KILLED")
         if status != "FINISHED" and child.data.tags.get("sweep.trial_id") in by_asha:
             client.set_tag(run_id, "sweep.stopped_by", "scheduler (ASHA)")
+            client.set_terminated(run_id, "KILLED")  # stopped, not broken, whatever MLflow saw
         elif status in ("RUNNING", "KILLED"):
             client.set_tag(run_id, "sweep.stopped_by", "time budget, or a killed driver")
+            client.set_terminated(run_id, "KILLED")
         client.set_tag(run_id, "sweep.best", str(run_id == best_run_id).lower())
 
 

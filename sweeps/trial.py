@@ -48,16 +48,11 @@ def run_trial(config: dict, spec: SweepSpec, parent_run_id: str, tracking_uri: s
             "sweep.node_id": ray.get_runtime_context().get_node_id()}
     # an earlier attempt of this trial (retried, or the driver died): continue its MLflow run
     resume = previous.info.run_id if previous is not None else None
-    try:
-        run(run_cfg, overrides, progress=False,
-            hooks=RunHooks(run_name=context.get_trial_name(), tags=tags, resume=resume,
-                           on_metrics=reporter))
-    except SystemExit:
-        # Tune stops a trial by raising SystemExit inside report(): the run did nothing wrong,
-        # so it is KILLED (MLflow had marked it FAILED), and says why
-        if reporter.run_id:
-            _mark_stopped(tracking_uri, reporter.run_id, reporter.last_step)
-        raise
+    # Tune stops a trial by raising SystemExit inside report(); the driver then marks the
+    # run KILLED and tags why (the trial's own process may not outlive the stop)
+    run(run_cfg, overrides, progress=False,
+        hooks=RunHooks(run_name=context.get_trial_name(), tags=tags, resume=resume,
+                       on_metrics=reporter))
 
 
 def _overrides(spec: SweepSpec, config: dict, run_cfg) -> dict:
@@ -107,14 +102,6 @@ def _report_finished(spec: SweepSpec, previous, uri: str, trial_id: str) -> None
     step = int(previous.data.metrics.get("train_iterations", 0)) + 1
     tune.report({spec.metric: value, spec.objective: value, "nfe": spec.nfe, "step": step,
                  "final": 1, "run_id": previous.info.run_id, "trial_id": trial_id})
-
-
-def _mark_stopped(uri: str, run_id: str, step: int) -> None:
-    from mlflow.tracking import MlflowClient
-
-    client = MlflowClient(uri)
-    client.set_tag(run_id, "sweep.stopped", f"by Ray Tune at step {step}, before the final evaluation")
-    client.set_terminated(run_id, "KILLED")
 
 
 def restore(checkpoint) -> tuple[Optional[str], Optional[Path]]:
