@@ -74,7 +74,7 @@ def _tune_checkpoint_file(checkpoint, previous) -> Optional[Path]:
     run's own newest checkpoint is used (it may be one evaluation period newer than Tune's)."""
     from bench.resume import latest_checkpoint, workdir_of
 
-    _, file = restore(checkpoint)
+    file = restore(checkpoint)
     if file is None or previous is None:
         return file
     local = latest_checkpoint(workdir_of(previous))
@@ -104,15 +104,15 @@ def _report_finished(spec: SweepSpec, previous, uri: str, trial_id: str) -> None
                  "final": 1, "run_id": previous.info.run_id, "trial_id": trial_id})
 
 
-def restore(checkpoint) -> tuple[Optional[str], Optional[Path]]:
-    """(MLflow run id, training checkpoint file) from a Tune checkpoint, or (None, None)."""
+def restore(checkpoint) -> Optional[Path]:
+    """The training checkpoint file in a Tune checkpoint, or None. (The trial's MLflow run is
+    found by its trial id; the run id stored beside the file is for people reading it.)"""
     if checkpoint is None:
-        return None, None
+        return None
     local = Path(tempfile.mkdtemp(prefix="bench-trial-"))
     checkpoint.to_directory(str(local))
     state = json.loads((local / STATE).read_text())
-    file = local / state["checkpoint"] if state.get("checkpoint") else None
-    return state["run_id"], file
+    return local / state["checkpoint"] if state.get("checkpoint") else None
 
 
 class Reporter:
