@@ -88,9 +88,10 @@ def compile_in_place(modules: Iterable[nn.Module], device: torch.device, mode: O
         m.compile(backend=compile_backend(), mode=mode if compile_backend() == "inductor" else None)
 
 
-def compiled_sampler(module: nn.Module, device: torch.device) -> Callable[..., torch.Tensor]:
-    """``module`` compiled for inference: CUDA graphs (``reduce-overhead``) on CUDA, where a
-    one-step sampler is launch-bound at small sizes; plain inductor on the CPU.
+def compiled_sampler(module: Callable[..., torch.Tensor], device: torch.device) -> Callable[..., torch.Tensor]:
+    """``module`` (a network, or any sampler function) compiled for inference: CUDA graphs
+    (``reduce-overhead``) on CUDA, where a one-step sampler is launch-bound at small sizes;
+    plain inductor on the CPU.
 
     CUDA-graph outputs live in a pool the next replay overwrites, so each output is cloned.
     """

@@ -1,4 +1,4 @@
-"""Files a run leaves behind: sample grids (PNG), raw samples (NPZ), the summary CSV."""
+"""Files a run leaves behind: sample grids (PNG), raw samples (NPZ), training curves (PNG)."""
 from __future__ import annotations
 
 import math
@@ -16,7 +16,7 @@ def save_grid(samples: torch.Tensor, path: Path, data_range=(-1.0, 1.0), title: 
         from PIL import Image
         from torchvision.utils import make_grid
 
-        from bench.features import to_uint8
+        from bench.files import to_uint8
 
         x = to_uint8(samples[:max_items], data_range)
         grid = make_grid(x, nrow=int(math.ceil(math.sqrt(len(x)))), padding=1, pad_value=128)
@@ -36,21 +36,6 @@ def save_grid(samples: torch.Tensor, path: Path, data_range=(-1.0, 1.0), title: 
     ax.set_title(title)
     fig.savefig(path, dpi=100, bbox_inches="tight")
     plt.close(fig)
-
-
-def save_weights(module: torch.nn.Module, path: Path) -> None:
-    """A module's state dict as safetensors (contiguous CPU tensors)."""
-    from safetensors.torch import save_file
-
-    save_file({k: v.detach().contiguous().cpu() for k, v in module.state_dict().items()}, str(path))
-
-
-def save_npz_atomic(path: Path, **arrays) -> None:
-    """np.savez to a temporary name, then rename: readers never see half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp.npz")
-    np.savez(tmp, **arrays)
-    tmp.replace(path)
 
 
 def save_samples(samples: torch.Tensor, path: Path) -> None:

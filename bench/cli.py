@@ -1,4 +1,10 @@
-"""``bench``: the command line. Heavy libraries are imported lazily so ``bench ls`` is quick."""
+"""``bench``: the command line. Heavy libraries are imported lazily so ``bench ls`` is quick.
+
+``bench run``'s flags are built from ``RunConfig``'s fields (bench.config.add_flags), so a
+field's name, type, default and help are declared once. Subcommands of other packages
+(``sweep``, ``perf``, ``report``) plug in through the ``bench.commands`` entry points: the core
+imports none of them.
+"""
 from __future__ import annotations
 
 import argparse
@@ -9,93 +15,107 @@ from typing import Optional, Sequence
 
 from bench.errors import BenchError
 
-RUN_FLAGS = ("method", "teacher", "teacher_path", "nfe", "num_samples", "batch_size", "seed",
-             "device", "experiment", "tracking_uri", "reference", "metrics", "inception_weights")
-
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="bench", description="Distill diffusion models and benchmark the students.")
     sub = p.add_subparsers(dest="command", required=True)
-    r = sub.add_parser("run", help="distill, evaluate FID by NFE, log to MLflow")
-    r.add_argument("--method", help="method name (default ddim; see bench ls)")
-    r.add_argument("--teacher", help="teacher name (default digits)")
-    r.add_argument("--teacher-path", help="local folder with the teacher's weights")
-    r.add_argument("--nfe", help="comma-separated step counts, e.g. 1,2,4,8")
-    r.add_argument("--num-samples", help="samples per NFE (n of FID)")
-    r.add_argument("--batch-size", help="sampling batch size")
-    r.add_argument("--seed", help="base seed")
-    r.add_argument("--device", help="auto, cpu, cuda, cuda:N")
-    r.add_argument("--reference", help="auto, data, teacher, folder:PATH or stats:PATH.npz")
-    r.add_argument("--metrics", help="comma-separated: fid,kid,pr (default all)")
-    r.add_argument("--inception-weights", help="path of weights-inception-2015-12-05-6726825d.pth")
-    r.add_argument("--config", help="YAML file: run fields, plus 'set:' for method fields")
-    r.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="method config field (repeatable); bench ls --method NAME lists them")
-    r.add_argument("--tracking-uri", help="MLflow tracking URI (default sqlite:///./mlflow.db)")
-    r.add_argument("--experiment", help="MLflow experiment name")
-    r.add_argument("--quiet", action="store_true", help="no progress bar")
-    r.add_argument("--resume", nargs="?", const="auto", metavar="RUN_ID",
-                   help="continue the newest interrupted run of this same configuration (or RUN_ID) "
-                        "from its newest checkpoint, in the same MLflow run")
+    _add_run(sub)
     sy = sub.add_parser("sync", help="replay runs' spooled MLflow data (kept while the store was down)")
     sy.add_argument("spools", nargs="*", help="spool folders (default: every checkpoints/*/spool)")
     sy.add_argument("--tracking-uri", help="send to this store instead of the one each spool recorded")
+    sy.set_defaults(handler=cmd_sync)
     ls = sub.add_parser("ls", help="list teachers, methods and metrics")
     ls.add_argument("--method", help="show this method's config fields with defaults and help")
+    ls.set_defaults(handler=cmd_ls)
+    _add_assets(sub)
+    c = sub.add_parser("cache", help="list or delete cached references and synthetic data")
+    c.add_argument("action", choices=["ls", "clear"])
+    c.add_argument("--kind", choices=["references", "synthetic"], help="only this kind of entry")
+    c.set_defaults(handler=cmd_cache)
+    u = sub.add_parser("ui", help="the MLflow UI on 127.0.0.1 over the same store")
+    u.add_argument("--tracking-uri", help="MLflow store (default sqlite:///./mlflow.db)")
+    u.add_argument("--port", type=int, default=5000)
+    u.add_argument("--host", default="127.0.0.1",
+                   help="interface to bind (default 127.0.0.1: the UI has no authentication)")
+    u.set_defaults(handler=cmd_ui)
+    _add_plugins(sub)
+    return p
+
+
+def _add_run(sub) -> None:
+    from bench.config import add_flags
+    from bench.run_config import RunConfig
+
+    r = sub.add_parser("run", help="distill, evaluate FID by NFE, log to MLflow")
+    add_flags(r, RunConfig)
+    r.add_argument("--config", help="YAML file: run fields, plus 'set:' for method fields")
+    r.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="method config field (repeatable); bench ls --method NAME lists them")
+    r.add_argument("--quiet", action="store_true", help="no progress bar")
+    r.add_argument("--dry-run", action="store_true", help="print the resolved run and method config and exit")
+    r.add_argument("--resume", nargs="?", const="auto", metavar="RUN_ID",
+                   help="continue the newest interrupted run of this same configuration (or RUN_ID) "
+                        "from its newest checkpoint, in the same MLflow run")
+    r.add_argument("--resume-from", metavar="CHECKPOINT",
+                   help="start training from this checkpoint (e.g. the last good state of a run that "
+                        "diverged, with a lower lr); a new MLflow run")
+    r.set_defaults(handler=cmd_run)
+
+
+def _add_assets(sub) -> None:
     t = sub.add_parser("teacher", help="teacher utilities")
     tsub = t.add_subparsers(dest="action", required=True)
     tt = tsub.add_parser("train", help="reproduce a shipped teacher's weights")
     tt.add_argument("name", choices=["digits"])
     tt.add_argument("--out", default="digits_teacher", help="output folder (diffusers layout)")
     tt.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="recipe field")
+    tt.set_defaults(handler=cmd_teacher)
     f = sub.add_parser("features", help="feature-extractor utilities")
     fsub = f.add_subparsers(dest="action", required=True)
     ft = fsub.add_parser("train", help="reproduce the shipped digits feature network")
     ft.add_argument("name", choices=["digits"])
     ft.add_argument("--out", default="digits_cnn.safetensors", help="output safetensors file")
-    rp = sub.add_parser("report", help="tables, plots and an HTML page from the MLflow runs")
-    rp.add_argument("--experiment", default="distill-bench", help="MLflow experiment to report on")
-    rp.add_argument("--filter", default="", help="MLflow run filter, e.g. \"params.teacher = 'digits'\"")
-    rp.add_argument("--out", default="report", help="output folder")
-    rp.add_argument("--format", default="md,tex,csv,html", help="comma-separated: md, tex, csv, html")
-    rp.add_argument("--baseline-steps", type=int, default=50, help="speed-up is against DDIM at this NFE")
-    rp.add_argument("--tracking-uri", help="MLflow store (default sqlite:///./mlflow.db)")
-    from sweeps.cli import add_parser as add_sweep
+    ft.set_defaults(handler=cmd_features)
 
-    add_sweep(sub)
-    u = sub.add_parser("ui", help="the MLflow UI on 127.0.0.1 over the same store")
-    u.add_argument("--tracking-uri", help="MLflow store (default sqlite:///./mlflow.db)")
-    u.add_argument("--port", type=int, default=5000)
-    u.add_argument("--host", default="127.0.0.1",
-                   help="interface to bind (default 127.0.0.1: the UI has no authentication)")
-    from bench.perf_cli import add_parser as add_perf  # argparse only: bench --help stays quick
 
-    add_perf(sub)
-    return p
+def _add_plugins(sub) -> None:
+    """Subcommands of other packages: each ``bench.commands`` entry point adds its parser."""
+    from importlib.metadata import entry_points
+
+    for ep in sorted(entry_points(group="bench.commands"), key=lambda e: e.name):
+        ep.load()(sub)
 
 
 def _run_config(args: argparse.Namespace):
     from bench import config as cfgs
-    from bench.run import RunConfig
+    from bench.run_config import RunConfig
 
     values, sets = {}, {}
     if args.config:
         data = cfgs.load_yaml(args.config)
-        sets = {k: v for k, v in (data.pop("set", None) or {}).items()}
+        sets = dict(data.pop("set", None) or {})
         values.update(data)
-    values.update({k: getattr(args, k) for k in RUN_FLAGS if getattr(args, k) is not None})
+    values.update(cfgs.flag_values(args, RunConfig))
     sets.update(cfgs.parse_sets(args.set))
     return cfgs.replace(RunConfig(), values, what="run"), sets
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
     run_cfg, sets = _run_config(args)
     from bench.run import RunHooks, build_method, run
 
-    build_method(run_cfg, sets)  # fail on a bad method or --set before loading anything heavy
+    _, method_cfg = build_method(run_cfg, sets)  # a bad method or --set fails before anything heavy
+    if args.dry_run:
+        print(dry_run_text(run_cfg, method_cfg))
+        return 0
+    if args.resume and args.resume_from:
+        raise BenchError("give --resume (continue a run) or --resume-from (a new run from a checkpoint), not both")
+    hooks = RunHooks(resume=args.resume, checkpoint=Path(args.resume_from) if args.resume_from else None)
     previous = signal.signal(signal.SIGTERM, _terminated)  # a scheduler's SIGTERM: the run ends KILLED
     try:
-        result = run(run_cfg, sets, progress=not args.quiet, hooks=RunHooks(resume=args.resume))
+        result = run(run_cfg, sets, progress=not args.quiet, hooks=hooks)
     finally:
         signal.signal(signal.SIGTERM, previous)
     print(format_summary(result.rows, result.feature_extractor))
@@ -105,6 +125,14 @@ def cmd_run(args: argparse.Namespace) -> int:
               f"artifacts (student included) are in {result.spool}; run `bench sync {result.spool}` "
               f"when the store is back", file=sys.stderr)
     return 0
+
+
+def dry_run_text(run_cfg, method_cfg) -> str:
+    """The resolved configuration, as ``bench run --dry-run`` prints it (cf. EDM's --dry-run)."""
+    from bench.config import to_json
+
+    nfe = "" if run_cfg.nfe else "  (nfe: the method's default step counts)"
+    return f"run config:{nfe}\n{to_json(run_cfg)}\n{run_cfg.method} config:\n{to_json(method_cfg)}"
 
 
 def _terminated(signum, frame):
@@ -137,9 +165,6 @@ def format_summary(rows, extractor: str) -> str:
 
 
 def cmd_ls(args: argparse.Namespace) -> int:
-    import bench.features  # noqa: F401  registers the feature extractors
-    import bench.teachers  # noqa: F401
-    import methods  # noqa: F401
     from bench import config as cfgs
     from bench.registry import FEATURES, METHODS, TEACHERS
 
@@ -182,18 +207,14 @@ def cmd_features(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_report(args: argparse.Namespace) -> int:
-    from pathlib import Path
+def cmd_cache(args: argparse.Namespace) -> int:
+    from bench import cache
 
-    from reports.report import build_report
-
-    formats = [f.strip() for f in args.format.split(",") if f.strip()]
-    tables = build_report(args.experiment, Path(args.out), args.tracking_uri, args.filter, formats,
-                          args.baseline_steps)
-    for teacher, table in tables.items():
-        print(f"== {teacher} ==")
-        print(table.to_string(index=False))
-    print(f"report written to {args.out}/ and logged to MLflow as a 'report' run")
+    if args.action == "ls":
+        rows = cache.listing(args.kind)
+        print("\n".join(rows) if rows else f"the cache {cache.cache_root()} is empty")
+    else:
+        print(f"removed {cache.clear(args.kind)} cached file(s) from {cache.cache_root()}")
     return 0
 
 
@@ -208,25 +229,11 @@ def cmd_ui(args: argparse.Namespace) -> int:
     os.execve(sys.executable, cmd, env)  # become the server: its PID is ours, so stopping us stops it
 
 
-def _cmd_sweep(args: argparse.Namespace) -> int:
-    from sweeps.cli import cmd_sweep
-
-    return cmd_sweep(args)
-
-
-def _cmd_perf(args: argparse.Namespace) -> int:
-    from bench.perf_cli import cmd_perf
-
-    return cmd_perf(args)
-
-
 def main(argv: Optional[Sequence[str]] = None) -> int:
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     args = _parser().parse_args(argv)
-    handler = {"run": cmd_run, "ls": cmd_ls, "teacher": cmd_teacher, "features": cmd_features,
-               "ui": cmd_ui, "report": cmd_report, "sync": cmd_sync, "sweep": _cmd_sweep, "perf": _cmd_perf}[args.command]
     try:
-        return handler(args)
+        return args.handler(args)
     except BenchError as exc:
         print(f"bench: error: {exc}", file=sys.stderr)
         return 2

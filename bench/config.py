@@ -1,39 +1,58 @@
-"""Frozen dataclass configs with help text, ``--set`` parsing and MLflow round-trips.
+"""Frozen dataclass configs with help text: command-line flags, ``--set`` parsing, MLflow round-trips.
 
-A config field is declared with :func:`option`, which stores its help in the field's
-metadata. Values arrive as strings (``--set lr=1e-4``, MLflow params) and are parsed by
-the field's annotation, so ``from_params(to_params(c)) == c`` for every config.
+A config field is declared with :func:`option`, which stores its help (and, where the field
+takes one of a few words, its ``choices``) in the field's metadata. That declaration is the
+only one: :func:`add_flags` builds argparse flags from it, :func:`describe` lists it for
+``bench ls``, and values arriving as strings (flags, ``--set lr=1e-4``, YAML, MLflow params)
+are parsed by the field's annotation, so ``from_params(to_params(c)) == c`` for every config.
 """
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import json
+import types
 import typing
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Iterable, Mapping, Optional, Sequence
 
-from bench.errors import BenchError
+from bench.errors import BenchError, first_line
 
 
-def option(default: Any, help: str, **kwargs: Any) -> Any:
-    """A dataclass field with a default and a help string (shown by ``bench ls --method``)."""
-    return dataclasses.field(default=default, metadata={"help": help}, **kwargs)
+def option(default: Any, help: str, choices: Optional[Sequence[str]] = None, **kwargs: Any) -> Any:
+    """A dataclass field with a default, a help string and, optionally, the words it accepts."""
+    meta = {"help": help, **({"choices": tuple(choices)} if choices else {})}
+    return dataclasses.field(default=default, metadata=meta, **kwargs)
 
 
 def fields(cls_or_obj: Any) -> list[dataclasses.Field]:
     return list(dataclasses.fields(cls_or_obj))
 
 
+def check_choices(config: Any) -> None:
+    """ValueError for a field whose value (or any element of a tuple value) is not among its choices;
+    configs call it from ``__post_init__``."""
+    for f in fields(config):
+        allowed = f.metadata.get("choices")
+        value = getattr(config, f.name)
+        if not allowed or value is None:
+            continue
+        bad = [v for v in (value if isinstance(value, tuple) else (value,)) if v not in allowed]
+        if bad or (isinstance(value, tuple) and not value):
+            raise ValueError(f"{f.name} must be {'among' if isinstance(value, tuple) else 'one of'} "
+                             f"{', '.join(allowed)}; got {_format(value) or 'nothing'}")
+
+
 def describe(cls: type) -> list[tuple[str, str, str, str]]:
     """(name, type, default, help) for every field, for ``bench ls --method NAME``."""
     hints = typing.get_type_hints(cls)
-    return [
-        (f.name, _type_name(hints[f.name]), _format(f.default), f.metadata.get("help", ""))
-        for f in fields(cls)
-    ]
+    return [(f.name, _type_name(hints[f.name], f), _format(f.default), f.metadata.get("help", ""))
+            for f in fields(cls)]
 
 
-def _type_name(tp: Any) -> str:
+def _type_name(tp: Any, f: Optional[dataclasses.Field] = None) -> str:
+    if f is not None and f.metadata.get("choices"):
+        return "|".join(f.metadata["choices"])
     return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
 
 
@@ -43,10 +62,41 @@ def _format(value: Any) -> str:
     return str(value)
 
 
+def add_flags(parser: argparse.ArgumentParser, cls: type, skip: Iterable[str] = ()) -> None:
+    """One flag per field of ``cls``: ``--field-name VALUE``, with the field's help and default.
+
+    Flags default to None (absent), so values from a config file are overridden only by flags
+    actually given; :func:`flag_values` collects those and :func:`replace` parses them."""
+    hints = typing.get_type_hints(cls)
+    for f in fields(cls):
+        if f.name in skip:
+            continue
+        text = f.metadata.get("help", "")
+        if "default" not in text:
+            text += f" (default: {_format(f.default)})"
+        parser.add_argument("--" + f.name.replace("_", "-"), dest=f.name, default=None,
+                            metavar=_metavar(hints[f.name], f.metadata.get("choices")), help=text)
+
+
+def _metavar(tp: Any, choices: Optional[Sequence[str]]) -> str:
+    """``INT``, ``STR``, ``INT,...`` (tuples are comma-separated), ``{a,b}`` or ``a,b,...``."""
+    args = [a for a in typing.get_args(tp) if a is not type(None)]
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        return _metavar(args[0], choices)
+    if typing.get_origin(tp) in (tuple, list):
+        return ",".join(choices) if choices else f"{_metavar(args[0], None)},..."
+    return "{" + ",".join(choices) + "}" if choices else getattr(tp, "__name__", "VALUE").upper()
+
+
+def flag_values(args: argparse.Namespace, cls: type) -> dict[str, str]:
+    """The flags of ``cls``'s fields that were given on the command line."""
+    return {f.name: getattr(args, f.name) for f in fields(cls) if getattr(args, f.name, None) is not None}
+
+
 def parse_value(tp: Any, text: str) -> Any:
-    """Parse ``text`` as type ``tp`` (bool, int, float, str, tuple[int|float, ...], Optional)."""
+    """Parse ``text`` as type ``tp`` (bool, int, float, str, tuple[int|float|str, ...], Optional)."""
     origin, args = typing.get_origin(tp), typing.get_args(tp)
-    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+    if origin in (typing.Union, types.UnionType):
         if text.strip().lower() in ("none", "null", ""):
             return None
         return parse_value(next(a for a in args if a is not type(None)), text)
@@ -89,7 +139,7 @@ def replace(config: Any, overrides: Mapping[str, Any], what: str = "config") -> 
     try:
         return dataclasses.replace(config, **parsed)
     except (TypeError, ValueError) as exc:
-        raise BenchError(f"invalid {what}: {exc}") from None
+        raise BenchError(f"invalid {what}: {first_line(exc)}") from None
 
 
 def parse_sets(pairs: list[str]) -> dict[str, str]:
@@ -127,7 +177,7 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     except OSError as exc:
         raise BenchError(f"cannot read config {path}: {exc.strerror}") from None
     except yaml.YAMLError as exc:
-        raise BenchError(f"config {path} is not valid YAML: {str(exc).splitlines()[0]}") from None
+        raise BenchError(f"config {path} is not valid YAML: {first_line(exc)}") from None
     if data is None:
         return {}
     if not isinstance(data, dict):

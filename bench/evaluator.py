@@ -137,7 +137,7 @@ def psnr(mse: float, data_range=(-1.0, 1.0)) -> float:
 
 
 @dataclasses.dataclass
-class Reference:
+class ReferenceStats:
     """What samples are scored against: FID statistics, and features for KID/PR if known."""
 
     mu: np.ndarray
@@ -147,14 +147,14 @@ class Reference:
     description: str = ""
 
     @classmethod
-    def from_features(cls, features: torch.Tensor, description: str = "") -> "Reference":
+    def from_features(cls, features: torch.Tensor, description: str = "") -> "ReferenceStats":
         stats = FeatureStats.of(features)
         return cls(stats.mu, stats.sigma, stats.n, stats.kept, description)
 
 
 @dataclasses.dataclass
 class Evaluation:
-    nfe: int
+    nfe: Optional[int]  # a label: the step count of the sampler evaluated (None: unlabelled)
     n: int
     fid: float
     kid: float
@@ -179,6 +179,20 @@ class Evaluation:
         return out
 
 
+@dataclasses.dataclass(frozen=True)
+class SampleSpec:
+    """Which samples: n of them, sample i from noise seeded by (seed, i), drawn in batches."""
+
+    shape: tuple[int, ...]
+    n: int
+    seed: int
+    batch_size: int
+    device: torch.device
+
+    def batches(self) -> list[range]:
+        return [range(i, min(i + self.batch_size, self.n)) for i in range(0, self.n, self.batch_size)]
+
+
 @dataclasses.dataclass
 class Generated:
     samples: torch.Tensor  # the first ``keep`` samples, on the CPU, in the teacher's data range
@@ -187,24 +201,22 @@ class Generated:
     peak_memory_mb: float = float("nan")  # CUDA only: peak allocated while sampling
 
 
-def generate(sampler: Callable, shape: tuple[int, ...], n: int, seed: int, batch_size: int,
-             device: torch.device, progress: Optional[Callable[[int], None]] = None,
+def generate(sampler: Callable, spec: SampleSpec, *, progress: Optional[Callable[[int], None]] = None,
              on_batch: Optional[Callable[[range, torch.Tensor], None]] = None,
              keep: Optional[int] = None) -> Generated:
-    """Draw n samples (seeds 0..n-1 under ``seed``) batch by batch, timing each batch.
+    """Draw the samples of ``spec`` batch by batch, timing each batch.
 
     ``on_batch(indices, x)`` sees every batch (feature streaming); only the first ``keep``
     samples (default: all) are returned.
     """
-    keep = n if keep is None else keep
-    batches = [range(i, min(i + batch_size, n)) for i in range(0, n, batch_size)]
-    sampler(seed_noise(seed, batches[0], shape).to(device))  # warm-up: lazy init, caches
+    keep, device, batches = spec.n if keep is None else keep, spec.device, spec.batches()
+    sampler(seed_noise(spec.seed, batches[0], spec.shape).to(device))  # warm-up: lazy init, caches
     _sync(device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     out, times = [], []
     for idx in batches:
-        noise = seed_noise(seed, idx, shape).to(device)
+        noise = seed_noise(spec.seed, idx, spec.shape).to(device)
         start = time.perf_counter()
         x = sampler(noise)
         _sync(device)
@@ -217,23 +229,23 @@ def generate(sampler: Callable, shape: tuple[int, ...], n: int, seed: int, batch
         if progress:
             progress(len(idx))
     full = [sec for size, sec in times if size == len(batches[0])]
-    samples = torch.cat(out) if out else torch.empty((0,) + tuple(shape))
+    samples = torch.cat(out) if out else torch.empty((0,) + tuple(spec.shape))
     peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else float("nan")
     return Generated(samples, statistics.median(full) / len(batches[0]), len(batches[0]), peak)
 
 
-def evaluate(sampler: Callable, nfe: int, shape: tuple[int, ...], reference: Reference,
-             extractor: FeatureExtractor, n: int, seed: int, batch_size: int, device: torch.device,
-             progress: Optional[Callable[[int], None]] = None, metrics: Sequence[str] = METRICS,
+def evaluate(sampler: Callable, spec: SampleSpec, reference: ReferenceStats, extractor: FeatureExtractor, *,
+             nfe: Optional[int] = None, metrics: Sequence[str] = METRICS,
              anchor: Optional[torch.Tensor] = None, data_range=(-1.0, 1.0),
-             keep_samples: Optional[int] = None) -> Evaluation:
-    """Generate n samples with ``sampler``, stream their features and score them.
+             keep_samples: Optional[int] = None,
+             progress: Optional[Callable[[int], None]] = None) -> Evaluation:
+    """Generate the samples of ``spec`` with ``sampler``, stream their features and score them.
 
-    ``anchor``: the teacher's many-step samples for the first len(anchor) seeds; teacher
-    fidelity is measured on those samples.
+    ``nfe`` labels the result; ``anchor``: the teacher's many-step samples for the first
+    len(anchor) seeds, on which teacher fidelity is measured.
     """
     if "fid" in metrics:
-        check_fid_n(n, extractor.dim)
+        check_fid_n(spec.n, extractor.dim)
     stats = FeatureStats()
     sq_err = [0.0, 0]
 
@@ -245,13 +257,13 @@ def evaluate(sampler: Callable, nfe: int, shape: tuple[int, ...], reference: Ref
             sq_err[0] += float(diff.pow(2).sum())
             sq_err[1] += diff.numel()
 
-    gen = generate(sampler, shape, n, seed, batch_size, device, progress, on_batch, keep_samples)
+    gen = generate(sampler, spec, progress=progress, on_batch=on_batch, keep=keep_samples)
     nan = float("nan")
     fid = fid_from_stats(stats.mu, stats.sigma, reference.mu, reference.sigma) if "fid" in metrics else nan
     has_feats = reference.features is not None and len(reference.features) > 1
     kid, kid_std = kid_from_features(stats.kept, reference.features) if "kid" in metrics and has_feats else (nan, nan)
     prec, rec = pr_from_features(stats.kept, reference.features) if "pr" in metrics and has_feats else (nan, nan)
-    ev = Evaluation(nfe, n, fid, kid, kid_std, prec, rec, gen.seconds_per_image, gen.batch_size,
+    ev = Evaluation(nfe, spec.n, fid, kid, kid_std, prec, rec, gen.seconds_per_image, gen.batch_size,
                     gen.samples, sample_peak_memory_mb=gen.peak_memory_mb)
     if sq_err[1]:
         mse = sq_err[0] / sq_err[1]

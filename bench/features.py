@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from bench.errors import BenchError
+from bench.files import sha256_of, to_uint8
 from bench.registry import FEATURES
 
 ASSETS = Path(__file__).resolve().parent / "assets"
@@ -32,17 +33,11 @@ class FeatureExtractor:
     dim: int
     weights_sha256: str
     fn: Callable[[torch.Tensor], torch.Tensor]
+    version: int = 1  # bump when the preprocessing or the layer read changes: cached references renew
 
     @torch.no_grad()
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         return self.fn(x).double().cpu()
-
-
-def to_uint8(x: torch.Tensor, data_range=(-1.0, 1.0)) -> torch.Tensor:
-    """Quantise samples in data_range to uint8 as an 8-bit image file would (3 channels)."""
-    lo, hi = data_range
-    u8 = ((x.float() - lo) / (hi - lo) * 255).round().clamp(0, 255).to(torch.uint8)
-    return u8.expand(-1, 3, -1, -1) if u8.shape[1] == 1 else u8
 
 
 class DigitsCNN(nn.Module):
@@ -118,8 +113,6 @@ def digits_cnn(**_: object) -> FeatureExtractor:
     global _fidelity_registered
     from torch_fidelity import register_feature_extractor
 
-    from bench.teachers.diffusers_teacher import sha256_of
-
     cls = _torch_fidelity_class()
     if not _fidelity_registered:  # torch-fidelity's registry rejects a second registration
         register_feature_extractor("digits-cnn", cls)
@@ -158,8 +151,6 @@ def inception_weights_path(path: str | None = None) -> Path:
 def inception(inception_weights: str | None = None, device: str = "cpu", **_: object) -> FeatureExtractor:
     from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
 
-    from bench.teachers.diffusers_teacher import sha256_of
-
     path = inception_weights_path(inception_weights)
     try:  # refuse a file that is not a plain state dict before torch-fidelity unpickles it
         torch.load(path, map_location="cpu", weights_only=True)
@@ -179,8 +170,8 @@ def get_extractor(name: str, **options: object) -> FeatureExtractor:
 
 def train_digits_cnn(out: Path = DIGITS_CNN_WEIGHTS, epochs: int = 40, seed: int = 0) -> float:
     """Train the digits feature CNN on the training split; returns held-out accuracy."""
-    from bench.artifacts import save_weights
     from bench.data import digits_split
+    from bench.files import save_weights
 
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)

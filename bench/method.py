@@ -1,8 +1,8 @@
 """The method contract: a typed config, an optional distillation loop, samplers keyed by NFE.
 
-The core (run, evaluator, tracking) only ever talks to this interface, so adding a method
-means adding one file under ``methods/`` with ``@METHODS.register("name")``; nothing else
-in the code base branches on a method's name (cf. NVlabs/edm ``training/loss.py``).
+The core (run, evaluator, tracking, the training loop) only ever talks to this interface, so
+adding a method means adding one file under ``methods/`` with ``@METHODS.register("name")``;
+nothing else in the code base branches on a method's name (cf. NVlabs/edm ``training/loss.py``).
 """
 from __future__ import annotations
 
@@ -12,20 +12,27 @@ from pathlib import Path
 from typing import Any, Callable, ClassVar, Optional
 
 import torch
+from torch import nn
 
 from bench.errors import BenchError
 from bench.sampling import Sampler
 from bench.teachers.base import Teacher
 
 LogFn = Callable[[dict[str, float], int], None]
-"""log(metrics, step): how a method reports training curves (MLflow in a run)."""
+"""log(metrics, step): how training reports its curves (MLflow in a run)."""
+
+LossFn = Callable[[int, torch.Generator], tuple[torch.Tensor, float]]
+"""loss(step, generator) -> (per-sample losses, teacher forward passes per sample): one batch.
+The loop reduces the losses (cf. EDM's loss classes); every random draw comes from the generator."""
 
 DEFAULT_NFE = (1, 2, 4, 8, 16, 32, 64)
 
 
 @dataclasses.dataclass
 class DistillContext:
-    """What the run hands a method's ``distill``: logging, quick evaluation, a work folder."""
+    """What ``run()`` hands a method's ``distill``: logging, quick evaluation, a work folder, and
+    where training continues from (a resumed run's newest checkpoint), which is not a method
+    hyperparameter."""
 
     log: LogFn
     device: torch.device
@@ -33,7 +40,23 @@ class DistillContext:
     workdir: Path = Path("checkpoints")
     progress: bool = True
     quick_eval: Optional[Callable[[Sampler, int], float]] = None  # (sampler, n) -> FID
-    step_offset: int = 0  # global step of the trainer's step 0: progressive rounds continue one axis
+    resume_from: Optional[Path] = None
+
+
+@dataclasses.dataclass
+class TrainStage:
+    """One stage of a method's training, as the shared loop (``bench.train.Trainer``) runs it.
+
+    ``model`` is what the optimiser trains; ``loss`` draws a batch and returns its per-sample
+    losses and teacher forward passes; ``frozen`` networks (the teacher) get the same device
+    treatment as the model (channels_last, compile); ``quick_sampler`` turns a copy of the
+    model (its EMA) into a sampler for the periodic quick FID."""
+
+    model: nn.Module
+    loss: LossFn
+    config: Any  # a bench.train.TrainConfig (or subclass)
+    frozen: tuple[nn.Module, ...] = ()
+    quick_sampler: Optional[Callable[[nn.Module], Sampler]] = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,7 +66,7 @@ class NoConfig:
 
 class Method(abc.ABC):
     """Base class. Subclasses set ``Config`` and implement ``sampler``; trainers override
-    ``distill`` and return its cost (wall-clock, teacher forward passes per sample, ...)."""
+    ``distill`` (returning its cost: seconds, teacher forward passes, ...) and ``training_stage``."""
 
     Config: ClassVar[type] = NoConfig
 
@@ -55,6 +78,11 @@ class Method(abc.ABC):
     def distill(self, ctx: DistillContext) -> dict[str, float]:
         """Train the student; returns cost metrics. Training-free methods return {}."""
         return {}
+
+    def training_stage(self) -> Optional[TrainStage]:
+        """A stage whose optimiser steps cost what ``distill``'s do, for throughput and FLOP
+        figures (``bench perf``); None for training-free methods."""
+        return None
 
     def default_nfe(self) -> tuple[int, ...]:
         """The step counts a run evaluates when --nfe is not given."""

@@ -6,37 +6,28 @@ Specs (``--reference``):
   teacher         data-free: the teacher's own DDIM samples (``reference_steps``, ``reference_samples``)
   folder:PATH     an image folder (PNG/JPEG at the teacher's resolution and channels)
   stats:PATH.npz  precomputed ``mu``/``sigma`` (pytorch-fid / clean-fid layout); FID only
-The cache key hashes the extractor's name and weights, the spec with everything it depends
-on (teacher weights, steps, n, seed, folder contents), so a changed input never hits a stale
-entry. The cache lives in $BENCH_CACHE or ~/.cache/distill-bench/references.
+The cache key (bench.cache) hashes the extractor (name, weights, code version) and everything
+the spec depends on: for ``data`` the data set's contents; for ``teacher`` the teacher's
+fingerprint (weights, schedule, parameterisation), steps, n, seed and the sampler's code
+version; for ``folder`` the files' names, sizes and times.
 """
 from __future__ import annotations
 
 import hashlib
-import json
-import os
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Optional
 
 import numpy as np
 import torch
 
-from bench.artifacts import save_npz_atomic
+from bench.cache import cache_file, definition_array
 from bench.errors import BenchError
-from bench.evaluator import FeatureStats, Reference, generate
+from bench.evaluator import FeatureStats, ReferenceStats, SampleSpec, generate
 from bench.features import FeatureExtractor
+from bench.files import save_npz_atomic
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
 REFERENCE_SEED_OFFSET = 0x5EED  # teacher references use seeds disjoint from the evaluated ones
-
-
-def cache_root() -> Path:
-    """$BENCH_CACHE, else ~/.cache/distill-bench (references, synthetic data sets)."""
-    return Path(os.environ.get("BENCH_CACHE", Path.home() / ".cache" / "distill-bench"))
-
-
-def cache_dir() -> Path:
-    return cache_root() / "references"
 
 
 def _folder_images(path: Path) -> list[Path]:
@@ -61,7 +52,7 @@ def _load_folder(files: list[Path], shape: tuple[int, ...], data_range) -> torch
     return torch.stack(out)
 
 
-def _stats_file(path: Path, dim: int) -> Reference:
+def _stats_file(path: Path, dim: int) -> ReferenceStats:
     try:
         data = np.load(path)
         mu, sigma = data["mu"].astype(np.float64), data["sigma"].astype(np.float64)
@@ -71,7 +62,7 @@ def _stats_file(path: Path, dim: int) -> Reference:
     if dim > 0 and (mu.shape != (dim,) or sigma.shape != (dim, dim)):
         raise BenchError(f"reference statistics {path} have mu {mu.shape} and sigma {sigma.shape}, but "
                          f"the extractor gives {dim}-D features; use statistics of the same extractor")
-    return Reference(mu, sigma, n=-1, features=None, description=f"stats:{path}")
+    return ReferenceStats(mu, sigma, n=-1, features=None, description=f"stats:{path}")
 
 
 def _digest(files: list[Path]) -> str:
@@ -83,47 +74,57 @@ def _digest(files: list[Path]) -> str:
     return h.hexdigest()[:16]
 
 
-def build_reference(spec: str, teacher, extractor: FeatureExtractor, n: int, steps: int, seed: int,
+def build_reference(spec: str, teacher, extractor: FeatureExtractor, *, n: int, steps: int, seed: int,
                     batch_size: int, device: torch.device,
-                    counter: Callable[[str], None] = lambda what: None) -> Reference:
+                    on_compute: Optional[Callable[[], None]] = None) -> ReferenceStats:
     """Reference for ``teacher`` under ``spec``, computed once and then read from the cache.
-    ``counter("computed")`` is called whenever features are actually computed."""
+    ``on_compute()`` is called whenever features are actually computed."""
     kind, _, arg = spec.partition(":")
     if kind == "auto":
-        kind = "data" if teacher.reference is not None else "teacher"
+        kind = "data" if teacher.dataset is not None else "teacher"
     if kind == "stats":
         return _stats_file(Path(arg), extractor.dim)
     definition: dict = {"kind": kind, "extractor": extractor.name, "weights": extractor.weights_sha256,
-                        "teacher": teacher.provenance.as_params(), "shape": list(teacher.sample_shape)}
+                        "extractor_version": extractor.version, "shape": list(teacher.sample_shape)}
     if kind == "data":
-        if teacher.reference is None:
+        if teacher.dataset is None:
             raise BenchError("this teacher has no registered data set; use --reference teacher, "
                              "folder:PATH or stats:PATH")
-        make = lambda: _stats_of(teacher.reference(), teacher, extractor)  # noqa: E731
+        data = teacher.dataset()
+        definition.update(n=len(data), data=_tensor_digest(data), source=teacher.provenance.source)
+        make = lambda: _stats_of(data, teacher, extractor)  # noqa: E731
     elif kind == "teacher":
-        definition.update(steps=steps, n=n, seed=seed)
-        make = lambda: _teacher_stats(teacher, extractor, n, steps, seed, batch_size, device)  # noqa: E731
+        from bench.sampling import SAMPLER_VERSION
+
+        definition.update(teacher=teacher.fingerprint(), steps=steps, n=n, seed=seed, sampler=SAMPLER_VERSION)
+        sample = SampleSpec(teacher.sample_shape, n, seed + REFERENCE_SEED_OFFSET, batch_size, device)
+        make = lambda: _teacher_stats(teacher, extractor, sample, steps)  # noqa: E731
     elif kind == "folder":
         files = _folder_images(Path(arg))
         if len(teacher.sample_shape) != 3:
             raise BenchError(f"teacher makes {teacher.sample_shape} vectors, not images; an image "
                              f"folder cannot be its reference")
-        definition.update(folder=str(Path(arg).resolve()), digest=_digest(files))
+        definition.update(folder=str(Path(arg).resolve()), digest=_digest(files), n=len(files))
         make = lambda: _stats_of(_load_folder(files, teacher.sample_shape, teacher.data_range),  # noqa: E731
                                  teacher, extractor)
     else:
         raise BenchError(f"unknown reference {spec!r}; use auto, data, teacher, folder:PATH or stats:PATH")
-    key = hashlib.sha256(json.dumps(definition, sort_keys=True).encode()).hexdigest()[:24]
-    path = cache_dir() / f"{extractor.name}-{key}.npz"
+    path = cache_file("references", definition, prefix=extractor.name)
     if path.is_file():
         with np.load(path) as d:
-            return Reference(d["mu"], d["sigma"], int(d["n"]), torch.from_numpy(d["features"]),
-                             f"{kind} (cached {path.name})")
-    counter("computed")
+            return ReferenceStats(d["mu"], d["sigma"], int(d["n"]), torch.from_numpy(d["features"]),
+                                  f"{kind} (cached {path.name})")
+    if on_compute:
+        on_compute()
     stats = make()
-    ref = Reference(stats.mu, stats.sigma, stats.n, stats.kept, kind)
-    save_npz_atomic(path, mu=ref.mu, sigma=ref.sigma, n=ref.n, features=ref.features.numpy())
+    ref = ReferenceStats(stats.mu, stats.sigma, stats.n, stats.kept, kind)
+    save_npz_atomic(path, mu=ref.mu, sigma=ref.sigma, n=ref.n, features=ref.features.numpy(),
+                    definition=definition_array(definition))
     return ref
+
+
+def _tensor_digest(x: torch.Tensor) -> str:
+    return hashlib.sha256(x.detach().cpu().contiguous().numpy().tobytes()).hexdigest()[:16]
 
 
 def _stats_of(x: torch.Tensor, teacher, extractor: FeatureExtractor) -> FeatureStats:
@@ -136,13 +137,12 @@ def _stats_of(x: torch.Tensor, teacher, extractor: FeatureExtractor) -> FeatureS
     return stats
 
 
-def _teacher_stats(teacher, extractor, n: int, steps: int, seed: int, batch_size: int, device) -> FeatureStats:
+def _teacher_stats(teacher, extractor, sample: SampleSpec, steps: int) -> FeatureStats:
     """Features of the teacher's DDIM-``steps`` samples, streamed: no image is kept."""
     from bench.sampling import teacher_sampler
 
     stats = FeatureStats()
     with torch.no_grad():
-        generate(teacher_sampler(teacher, steps), teacher.sample_shape, n,
-                 seed + REFERENCE_SEED_OFFSET, batch_size, device,
-                 on_batch=lambda idx, x: stats.update(extractor(x)), keep=0)
+        generate(teacher_sampler(teacher, steps), sample, on_batch=lambda idx, x: stats.update(extractor(x)),
+                 keep=0)
     return stats

@@ -2,11 +2,14 @@
 
 Teachers, methods and feature extractors each live in one ``Registry``. Registering a name
 twice is a programming error; looking up an unknown name is a user error that lists the
-known names.
+known names. A registry names the module whose import registers its built-in entries and
+imports it on first use: this is the one place where the core reaches the ``methods``
+package, so nothing else in ``bench`` imports a method.
 """
 from __future__ import annotations
 
-from typing import Callable, Generic, Iterator, TypeVar
+import importlib
+from typing import Callable, Generic, Iterator, Optional, TypeVar
 
 from bench.errors import BenchError
 
@@ -16,8 +19,9 @@ T = TypeVar("T")
 class Registry(Generic[T]):
     """A named dict of entries; ``kind`` ("teacher", "method", ...) appears in messages."""
 
-    def __init__(self, kind: str):
+    def __init__(self, kind: str, builtins: Optional[str] = None):
         self.kind = kind
+        self._builtins = builtins  # module that registers the built-in entries when imported
         self._entries: dict[str, T] = {}
         self._summaries: dict[str, str] = {}
 
@@ -34,7 +38,13 @@ class Registry(Generic[T]):
 
         return add
 
+    def _load(self) -> None:
+        if self._builtins:
+            module, self._builtins = self._builtins, None  # cleared first: the import registers
+            importlib.import_module(module)
+
     def get(self, name: str) -> T:
+        self._load()
         try:
             return self._entries[name]
         except KeyError:
@@ -42,18 +52,22 @@ class Registry(Generic[T]):
             raise BenchError(f"unknown {self.kind} {name!r}; known: {known}") from None
 
     def summary(self, name: str) -> str:
+        self._load()
         return self._summaries[name]
 
     def __contains__(self, name: object) -> bool:
+        self._load()
         return name in self._entries
 
     def __iter__(self) -> Iterator[str]:
+        self._load()
         return iter(sorted(self._entries))
 
     def __len__(self) -> int:
+        self._load()
         return len(self._entries)
 
 
-TEACHERS: Registry[Callable] = Registry("teacher")
-METHODS: Registry[type] = Registry("method")
-FEATURES: Registry[Callable] = Registry("feature extractor")
+TEACHERS: Registry[Callable] = Registry("teacher", builtins="bench.teachers")
+METHODS: Registry[type] = Registry("method", builtins="methods")
+FEATURES: Registry[Callable] = Registry("feature extractor", builtins="bench.features")

@@ -13,14 +13,13 @@ import hashlib
 import json
 import os
 import socket
-from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
-from bench.errors import BenchError
+from bench.checkpoints import run_workdir
+from bench.errors import BenchError, first_line
 
 HASH_TAG = "bench.config_hash"
-# not part of what a run computes: where it logs, and where it resumes from
-UNHASHED = ("tracking_uri", "resume_from")
+UNHASHED = ("tracking_uri",)  # not part of what a run computes: where it logs
 
 
 def config_hash(run_cfg: Any, method_cfg: Any) -> str:
@@ -46,10 +45,6 @@ def _alive_here(run) -> bool:
     return True
 
 
-def workdir_of(run) -> Path:
-    return Path(run.data.tags.get("bench.workdir") or Path("checkpoints") / run.info.run_id)
-
-
 def find_run(spec: str, experiment: str, uri: str, key: str):
     """The run to continue: ``spec`` is ``auto`` (newest unfinished run of this config, or None)
     or a run id (which must exist, be unfinished and have this config)."""
@@ -71,13 +66,12 @@ def find_run(spec: str, experiment: str, uri: str, key: str):
                                       order_by=["attributes.start_time DESC"], max_results=50)
     except BenchError:
         raise
-    except Exception as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise BenchError(f"cannot use MLflow store {uri}: {first}; check --tracking-uri") from None
+    except Exception as exc:  # mlflow raises many types for an unreachable or bad store
+        raise BenchError(f"cannot use MLflow store {uri}: {first_line(exc)}; check --tracking-uri") from None
     for run in runs:
         if run.info.status == "FINISHED" or _alive_here(run):
             continue
-        if spooled_status(workdir_of(run) / "spool") == "FINISHED":
+        if spooled_status(run_workdir(run.info.run_id, run.data.tags) / "spool") == "FINISHED":
             continue
         return run
     return None
@@ -94,10 +88,3 @@ def _check_explicit(client, run_id: str, key: str, uri: str):
         raise BenchError(f"--resume {run_id}: that run was started with another configuration; "
                          f"resume it with the same command line")
     return run
-
-
-def latest_checkpoint(workdir: Path) -> Optional[Path]:
-    from bench.train import list_checkpoints
-
-    found = list_checkpoints(workdir) if Path(workdir).is_dir() else []
-    return found[-1] if found else None

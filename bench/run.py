@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -15,42 +16,11 @@ from typing import Any, Callable, Mapping, Optional
 import torch
 
 from bench import config as cfgs
-from bench.config import option
 from bench.errors import BenchError
 from bench.method import DistillContext
+from bench.run_config import RunConfig
 
-
-@dataclasses.dataclass(frozen=True)
-class RunConfig:
-    method: str = option("ddim", "distillation method (bench ls)")
-    teacher: str = option("digits", "teacher model (bench ls)")
-    teacher_path: Optional[str] = option(None, "local folder with the teacher's weights")
-    nfe: Optional[tuple[int, ...]] = option(None, "numbers of function evaluations to evaluate "
-                                                  "(default: the method's, e.g. 1,2,4,...,64 for ddim)")
-    num_samples: int = option(1000, "samples per NFE for FID/KID (report n with every FID)")
-    batch_size: int = option(250, "sampling batch size (results do not depend on it)")
-    seed: int = option(0, "base seed: sample i uses noise seeded by (seed, i)")
-    device: str = option("auto", "auto, cpu, cuda or cuda:N")
-    metrics: tuple[str, ...] = option(("fid", "kid", "pr"), "metrics: fid, kid, pr (precision/recall)")
-    reference: str = option("auto", "auto, data, teacher (its own DDIM samples), folder:PATH or stats:PATH.npz")
-    reference_samples: int = option(2000, "n of a data-free (teacher) reference")
-    reference_steps: int = option(64, "DDIM steps of a data-free (teacher) reference")
-    inception_weights: Optional[str] = option(None, "local weights-inception-2015-12-05-6726825d.pth")
-    fidelity_steps: int = option(64, "teacher fidelity: MSE/PSNR against the teacher's DDIM with "
-                                     "this many steps from the same noise (0: off)")
-    fidelity_samples: int = option(1000, "teacher fidelity is measured on the first N seeds")
-    keep_samples: int = option(10_000, "samples kept per NFE for the samples/*.npz artifact")
-    experiment: str = option("distill-bench", "MLflow experiment name")
-    tracking_uri: Optional[str] = option(None, "MLflow tracking URI (default: sqlite in the cwd)")
-
-    def __post_init__(self):
-        if self.nfe is not None and (not self.nfe or min(self.nfe) < 1):
-            raise ValueError(f"every NFE must be >= 1, got {','.join(map(str, self.nfe)) or 'none'}")
-        if self.num_samples < 2 or self.batch_size < 1:
-            raise ValueError("num_samples must be >= 2 and batch_size >= 1")
-        unknown = set(self.metrics) - {"fid", "kid", "pr"}
-        if unknown or not self.metrics:
-            raise ValueError(f"metrics must be among fid, kid, pr; got {','.join(self.metrics)}")
+__all__ = ["RunConfig", "RunHooks", "RunResult", "build_method", "resolve_device", "run"]
 
 
 def resolve_device(name: str) -> torch.device:
@@ -67,7 +37,6 @@ def resolve_device(name: str) -> torch.device:
 
 def build_method(run_cfg: RunConfig, overrides: Mapping[str, Any]):
     """(method class, method config) with ``--set`` overrides applied; validates early."""
-    import methods  # noqa: F401  registers the built-in methods
     from bench.registry import METHODS
 
     cls = METHODS.get(run_cfg.method)
@@ -76,8 +45,10 @@ def build_method(run_cfg: RunConfig, overrides: Mapping[str, Any]):
 
 @dataclasses.dataclass
 class RunHooks:
-    """How a caller (a sweep trial) joins in: where the run lives in MLflow and who hears its metrics.
+    """How a caller (the CLI, a sweep trial) joins in: where the run lives in MLflow, where its
+    training continues from, and who hears of it.
 
+    ``on_start(run_id, workdir)`` is told the MLflow run and its work folder once they exist;
     ``on_metrics(metrics, step)`` sees everything logged during distillation (``train/*``,
     step = iteration) and then, with ``step=None``, each NFE's evaluation as ``{"nfe": k, ...}``.
     """
@@ -88,6 +59,8 @@ class RunHooks:
     # "auto": continue the newest unfinished run of this configuration from its newest
     # checkpoint (a fresh run if there is none); a run id: continue that run
     resume: Optional[str] = None
+    checkpoint: Optional[Path] = None  # continue training from this file (else the run's newest)
+    on_start: Optional[Callable[[str, Path], None]] = None
     on_metrics: Optional[Callable[[dict, Optional[int]], None]] = None
 
 
@@ -104,7 +77,7 @@ def run(run_cfg: RunConfig, method_overrides: Mapping[str, Any] = (), progress: 
         hooks: Optional[RunHooks] = None) -> RunResult:
     """Distill (if the method trains), evaluate every NFE, log everything to one MLflow run."""
     from bench.features import get_extractor
-    from bench.reference import build_reference
+    from bench.resume import HASH_TAG, config_hash
     from bench.teachers import load_teacher
     from bench.tracking import tracked_run
 
@@ -112,7 +85,10 @@ def run(run_cfg: RunConfig, method_overrides: Mapping[str, Any] = (), progress: 
     torch.manual_seed(run_cfg.seed)  # student initialisations: the same in a fresh or a reused process
     method_cls, method_cfg = build_method(run_cfg, dict(method_overrides))
     hooks = hooks or RunHooks()
-    hooks, method_cfg = _resume(hooks, run_cfg, method_cfg)
+    key = config_hash(run_cfg, method_cfg)
+    hooks = dataclasses.replace(hooks, tags={**hooks.tags, HASH_TAG: key})
+    if hooks.resume:
+        hooks = _resume_point(hooks, run_cfg, key)
     teacher = load_teacher(run_cfg.teacher, run_cfg.teacher_path, device=str(device)).to(device)
     method = method_cls(teacher, method_cfg, device)
     run_cfg = dataclasses.replace(run_cfg, nfe=run_cfg.nfe or method.default_nfe())
@@ -123,26 +99,17 @@ def run(run_cfg: RunConfig, method_overrides: Mapping[str, Any] = (), progress: 
     # mlflow is imported only now: a bad teacher or NFE fails before its ~3 s import
     with tracked_run(run_cfg.experiment, run_cfg.tracking_uri, hooks.run_name, dict(hooks.tags),
                      hooks.run_id) as tracker:
-        params = {"method": run_cfg.method, "teacher": run_cfg.teacher, "seed": run_cfg.seed,
-                  "device": str(device), "n": run_cfg.num_samples, "batch_size": run_cfg.batch_size,
-                  "nfe": ",".join(map(str, run_cfg.nfe)), "feature_extractor": extractor.name,
-                  "metrics": ",".join(run_cfg.metrics), "reference": run_cfg.reference,
-                  **teacher.provenance.as_params(), **cfgs.to_params(method_cfg, "method.")}
-        params.pop("method.resume_from", None)  # where an attempt restarted is no hyperparameter
+        if hooks.on_start:
+            hooks.on_start(tracker.run_id, tracker.workdir)
+        params = _params(run_cfg, method_cfg, device, teacher, extractor)
         tracker.log_params(params)
-        ref = build_reference(run_cfg.reference, teacher, extractor, run_cfg.reference_samples,
-                              run_cfg.reference_steps, run_cfg.seed, run_cfg.batch_size, device)
+        ref = _reference(run_cfg, teacher, extractor, device)
         tracker.log_params({"reference.resolved": ref.description, "reference.n": ref.n})
-        ctx = DistillContext(
-            log=_logger(tracker, hooks.on_metrics), device=device,
-            seed=run_cfg.seed, workdir=tracker.workdir, progress=progress,
-            quick_eval=_quick_eval(teacher, extractor, ref, run_cfg, device))
-        start = time.perf_counter()
-        cost = dict(method.distill(ctx))
-        cost["distill_seconds"] = time.perf_counter() - start
-        tracker.log_metrics(cost)
-        anchor = _fidelity_anchor(run_cfg, teacher, device)
-        rows = _evaluate_all(run_cfg, method, teacher, extractor, ref, anchor, device, progress, tracker)
+        ctx = DistillContext(log=_logger(tracker, hooks.on_metrics), device=device, seed=run_cfg.seed,
+                             workdir=tracker.workdir, progress=progress, resume_from=hooks.checkpoint,
+                             quick_eval=_quick_eval(teacher, extractor, ref, run_cfg, device))
+        cost = _distill(method, ctx, tracker)
+        rows = _evaluate_all(run_cfg, method, teacher, extractor, ref, device, progress, tracker)
         if hooks.on_metrics:
             for ev in rows:
                 hooks.on_metrics({"nfe": ev.nfe, **ev.metrics()}, None)
@@ -151,30 +118,45 @@ def run(run_cfg: RunConfig, method_overrides: Mapping[str, Any] = (), progress: 
                      None if tracker.synced else str(tracker.spool))
 
 
-def _resume(hooks: RunHooks, run_cfg: RunConfig, method_cfg):
-    """Tag the run with its config hash; with ``hooks.resume``, pick the run and checkpoint."""
-    import sys
+def _params(run_cfg: RunConfig, method_cfg, device, teacher, extractor) -> dict:
+    return {"method": run_cfg.method, "teacher": run_cfg.teacher, "seed": run_cfg.seed,
+            "device": str(device), "n": run_cfg.num_samples, "batch_size": run_cfg.batch_size,
+            "nfe": ",".join(map(str, run_cfg.nfe)), "feature_extractor": extractor.name,
+            "metrics": ",".join(run_cfg.metrics), "reference": run_cfg.reference,
+            **teacher.provenance.as_params(), **cfgs.to_params(method_cfg, "method.")}
 
-    from bench.resume import HASH_TAG, config_hash, find_run, latest_checkpoint, workdir_of
+
+def _reference(run_cfg: RunConfig, teacher, extractor, device):
+    from bench.reference import build_reference
+
+    return build_reference(run_cfg.reference, teacher, extractor, n=run_cfg.reference_samples,
+                           steps=run_cfg.reference_steps, seed=run_cfg.seed,
+                           batch_size=run_cfg.batch_size, device=device)
+
+
+def _distill(method, ctx: DistillContext, tracker) -> dict[str, float]:
+    start = time.perf_counter()
+    cost = dict(method.distill(ctx))
+    cost["distill_seconds"] = time.perf_counter() - start
+    tracker.log_metrics(cost)
+    return cost
+
+
+def _resume_point(hooks: RunHooks, run_cfg: RunConfig, key: str) -> RunHooks:
+    """``--resume``: the interrupted run to reopen and the checkpoint its training continues from."""
+    from bench.checkpoints import newest_checkpoint, run_workdir
+    from bench.resume import find_run
     from bench.tracking import resolve_uri
 
-    key = config_hash(run_cfg, method_cfg)
-    hooks = dataclasses.replace(hooks, tags={**hooks.tags, HASH_TAG: key})
-    if not hooks.resume:
-        return hooks, method_cfg
     found = find_run(hooks.resume, run_cfg.experiment, resolve_uri(run_cfg.tracking_uri), key)
     if found is None:
         print(f"bench: no interrupted run of this configuration in experiment {run_cfg.experiment!r}; "
               f"starting a new one", file=sys.stderr)
-        return hooks, method_cfg
-    ckpt = latest_checkpoint(workdir_of(found))
-    if ckpt is not None and getattr(method_cfg, "resume_from", "absent") is None:
-        method_cfg = dataclasses.replace(method_cfg, resume_from=str(ckpt))
+        return hooks
+    ckpt = hooks.checkpoint or newest_checkpoint(run_workdir(found.info.run_id, found.data.tags))
     where = f"checkpoint {ckpt}" if ckpt else "the start (it saved no checkpoint)"
     print(f"bench: resuming MLflow run {found.info.run_id} from {where}", file=sys.stderr)
-    return dataclasses.replace(hooks, run_id=found.info.run_id), method_cfg
-
-
+    return dataclasses.replace(hooks, run_id=found.info.run_id, checkpoint=ckpt)
 def _logger(tracker, listener):
     def log(metrics: dict, step: int) -> None:
         tracker.log_metrics(metrics, step=step)
@@ -187,45 +169,45 @@ def _logger(tracker, listener):
 def _quick_eval(teacher, extractor, ref, run_cfg, device):
     """FID of a sampler on n samples during training (the final evaluation's first n seeds);
     n is raised to the feature dimension where smaller, since FID is undefined below it."""
-    from bench.evaluator import evaluate
+    from bench.evaluator import SampleSpec, evaluate
 
     def quick(sampler, n: int) -> float:
-        n = max(n, extractor.dim, 2)
+        spec = SampleSpec(teacher.sample_shape, max(n, extractor.dim, 2), run_cfg.seed, run_cfg.batch_size, device)
         with torch.no_grad():
-            return evaluate(sampler, 0, teacher.sample_shape, ref, extractor, n, run_cfg.seed,
-                            run_cfg.batch_size, device, metrics=("fid",), keep_samples=0).fid
+            return evaluate(sampler, spec, ref, extractor, metrics=("fid",), keep_samples=0).fid
 
     return quick
 
 
 def _fidelity_anchor(run_cfg, teacher, device) -> Optional[torch.Tensor]:
     """The teacher's many-step DDIM samples for the run's seeds (None if switched off)."""
-    from bench.evaluator import generate
+    from bench.evaluator import SampleSpec, generate
     from bench.sampling import teacher_sampler
 
     if run_cfg.fidelity_steps <= 0 or run_cfg.fidelity_samples <= 0:
         return None
     n = min(run_cfg.num_samples, run_cfg.fidelity_samples)
+    spec = SampleSpec(teacher.sample_shape, n, run_cfg.seed, run_cfg.batch_size, device)
     with torch.no_grad():
-        return generate(teacher_sampler(teacher, run_cfg.fidelity_steps), teacher.sample_shape,
-                        n, run_cfg.seed, run_cfg.batch_size, device).samples
+        return generate(teacher_sampler(teacher, run_cfg.fidelity_steps), spec).samples
 
 
-def _evaluate_all(run_cfg, method, teacher, extractor, ref, anchor, device, progress, tracker):
+def _evaluate_all(run_cfg, method, teacher, extractor, ref, device, progress, tracker):
+    """Every NFE, scored by the shared evaluator on the same seeds; logged with step = NFE."""
     from tqdm.auto import tqdm
 
-    from bench.evaluator import evaluate
+    from bench.evaluator import SampleSpec, evaluate
 
+    anchor = _fidelity_anchor(run_cfg, teacher, device)
+    spec = SampleSpec(teacher.sample_shape, run_cfg.num_samples, run_cfg.seed, run_cfg.batch_size, device)
     rows = []
-    total = len(run_cfg.nfe) * run_cfg.num_samples
-    with tqdm(total=total, disable=not progress, unit="img", desc="sampling") as bar:
+    with tqdm(total=len(run_cfg.nfe) * spec.n, disable=not progress, unit="img", desc="sampling") as bar:
         for k in run_cfg.nfe:
             bar.set_postfix(nfe=k)
             with torch.no_grad():
-                ev = evaluate(method.sampler(k), k, teacher.sample_shape, ref, extractor,
-                              run_cfg.num_samples, run_cfg.seed, run_cfg.batch_size, device, bar.update,
-                              metrics=run_cfg.metrics, anchor=anchor, data_range=teacher.data_range,
-                              keep_samples=run_cfg.keep_samples)
+                ev = evaluate(method.sampler(k), spec, ref, extractor, nfe=k, metrics=run_cfg.metrics,
+                              anchor=anchor, data_range=teacher.data_range,
+                              keep_samples=run_cfg.keep_samples, progress=bar.update)
             tracker.log_metrics(ev.metrics(), step=k)
             rows.append(ev)
     return rows

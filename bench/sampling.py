@@ -13,6 +13,10 @@ import torch
 
 from bench.teachers.base import Teacher
 
+SAMPLER_VERSION = 1
+"""Bump when the DDIM math below changes: cached references and synthetic data made with the
+old sampler are then recomputed (the version is part of their cache key)."""
+
 Sampler = Callable[..., torch.Tensor]
 """A sampler maps noise x_{t_max} = eps (B, *sample_shape) [and class labels] to samples."""
 

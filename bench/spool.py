@@ -1,6 +1,6 @@
 """Tracking that loses nothing: MLflow calls that fail go to a local spool, replayed later.
 
-A distillation run can outlive its tracking server. ``Tracker`` logs through ``MlflowClient``;
+A distillation run can outlive its tracking server. ``SpooledRun`` logs through ``MlflowClient``;
 when a call fails (after MLflow's own HTTP retries) it stops talking to the store for the rest
 of the run, so a dead server costs one timeout rather than one per logged metric, and appends
 every event, in order, to ``<spool>/events.jsonl``, with artifacts copied beside it.
@@ -17,15 +17,10 @@ import time
 from pathlib import Path
 from typing import Any, Mapping, Optional
 
-from bench.errors import BenchError
+from bench.errors import BenchError, first_line
 
 EVENTS, META, PROGRESS = "events.jsonl", "meta.json", "progress"
 BATCH = 1000  # MLflow's log_batch accepts at most 1000 metrics (100 params or tags) per call
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return (text.splitlines()[0] if text else type(exc).__name__)[:300]
 
 
 def replay(client, run_id: str, event: Mapping[str, Any], base: Path) -> None:
@@ -53,15 +48,16 @@ def replay(client, run_id: str, event: Mapping[str, Any], base: Path) -> None:
         raise BenchError(f"unknown spool event {kind!r} in {base}")
 
 
-class Tracker:
-    """One MLflow run's logging, with a local spool as the fallback for a failing store."""
+class SpooledRun:
+    """One MLflow run's logging, with a local spool (``<workdir>/spool``) as the fallback for a
+    failing store. ``workdir`` is the run's folder (checkpoints, spool)."""
 
-    def __init__(self, client, run_id: str, uri: str, spool: Path,
+    def __init__(self, client, run_id: str, uri: str, workdir: Path,
                  known_params: Optional[Mapping[str, str]] = None):
-        self.client, self.run_id, self.uri, self.spool = client, run_id, uri, Path(spool)
+        self.client, self.run_id, self.uri = client, run_id, uri
+        self.workdir, self.spool = Path(workdir), Path(workdir) / "spool"
         self.known_params = dict(known_params or {})  # a reopened run's params are immutable
         self.offline: Optional[str] = None  # why the store was given up, once it was
-        self.workdir: Optional[Path] = None  # the run's folder (checkpoints, spool)
         self.synced = True  # False after finish() if events still wait in the spool
 
     def log_params(self, params: Mapping[str, Any]) -> None:
@@ -87,15 +83,16 @@ class Tracker:
         self._append({"kind": "artifacts", "dir": rel})
 
     def finish(self, status: str) -> bool:
-        """Mark the run ended; if anything was spooled, try once to sync it. True: all in MLflow."""
+        """Mark the run ended; if anything was spooled, try once to sync it. True (also kept in
+        ``synced``): everything is in MLflow."""
         self._emit({"kind": "status", "data": status, "timestamp": int(time.time() * 1000)})
-        if self.offline is None:
-            return True
-        try:
-            sync(self.spool, client=self.client)
-            return True
-        except BenchError:
-            return False
+        if self.offline is not None:
+            try:
+                sync(self.spool, client=self.client)
+                self.offline = None
+            except BenchError:
+                self.synced = False
+        return self.synced
 
     # -- internals ---------------------------------------------------------------------
     def _emit(self, event: dict) -> None:
@@ -119,7 +116,7 @@ class Tracker:
         return False
 
     def _go_offline(self, exc: BaseException) -> None:
-        self.offline = _first_line(exc)
+        self.offline = first_line(exc)
         self.spool.mkdir(parents=True, exist_ok=True)
         (self.spool / META).write_text(json.dumps({"uri": self.uri, "run_id": self.run_id,
                                                    "reason": self.offline}, indent=2))
@@ -169,7 +166,7 @@ def sync(spool: Path, uri: Optional[str] = None, client=None) -> int:
         try:
             replay(client, meta["run_id"], json.loads(lines[i]), spool)
         except Exception as exc:
-            raise BenchError(f"cannot sync {spool} to {uri or meta['uri']} ({_first_line(exc)}); "
+            raise BenchError(f"cannot sync {spool} to {uri or meta['uri']} ({first_line(exc)}); "
                              f"{len(lines) - i} events wait there, retry `bench sync {spool}` later") from None
         (spool / PROGRESS).write_text(str(i + 1))
     return len(lines) - done

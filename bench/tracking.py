@@ -17,7 +17,7 @@ import warnings
 from pathlib import Path
 from typing import Iterator, Optional
 
-from bench.errors import BenchError
+from bench.errors import BenchError, first_line
 
 # MLflow's HTTP client retries a dead server for ~4 minutes per call by default; a run falls
 # back to its local spool instead (bench.spool), so a few seconds of retries are enough
@@ -64,29 +64,6 @@ def _quiet() -> None:
 
 
 @contextlib.contextmanager
-def mlflow_run(experiment: str, uri: Optional[str], run_name: Optional[str] = None,
-               tags: Optional[dict[str, str]] = None, run_id: Optional[str] = None) -> Iterator:
-    """Start an MLflow run in ``experiment`` on ``uri`` (or reopen ``run_id``); yields the active run.
-
-    ``tags`` may carry ``mlflow.parentRunId``: that is how a sweep's trials nest under the
-    sweep's run when they live in other processes (``nested=True`` needs the same process).
-    """
-    import mlflow
-
-    _quiet()
-    mlflow.set_tracking_uri(resolve_uri(uri))
-    try:
-        mlflow.set_experiment(experiment)
-    except Exception as exc:  # mlflow raises many types for an unreachable or bad store
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise BenchError(f"cannot use MLflow store {resolve_uri(uri)}: {first}; "
-                         f"check --tracking-uri") from None
-    with mlflow.start_run(run_id=run_id, run_name=None if run_id else run_name, tags=tags) as run:
-        mlflow.set_tags(version_tags())
-        yield run
-
-
-@contextlib.contextmanager
 def store_lock(uri: str) -> Iterator[None]:
     """Serialise store creation across processes on one sqlite file: MLflow migrates a new
     database's schema on first use, and concurrent migrations of one file fail."""
@@ -105,8 +82,14 @@ def store_lock(uri: str) -> Iterator[None]:
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
-def _open(experiment: str, uri: str, run_name, tags, run_id):
-    """Start (or reopen) the run as MLflow's active run, so ``mlflow.active_run()`` works inside."""
+def open_run(experiment: str, uri: str, run_name: Optional[str] = None,
+             tags: Optional[dict[str, str]] = None, run_id: Optional[str] = None):
+    """The one way a run is opened: start (or reopen ``run_id``) as MLflow's active run in
+    ``experiment``, the store's creation serialised; store failures are one-line BenchErrors.
+
+    ``tags`` may carry ``mlflow.parentRunId``: that is how a sweep's trials nest under the
+    sweep's run when they live in other processes (``nested=True`` needs the same process).
+    """
     import mlflow
 
     _quiet()
@@ -120,14 +103,33 @@ def _open(experiment: str, uri: str, run_name, tags, run_id):
     except BenchError:
         raise
     except Exception as exc:  # mlflow raises many types for an unreachable or bad store
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise BenchError(f"cannot use MLflow store {uri}: {first}; check --tracking-uri") from None
+        raise BenchError(f"cannot use MLflow store {uri}: {first_line(exc)}; check --tracking-uri") from None
+
+
+@contextlib.contextmanager
+def mlflow_run(experiment: str, uri: Optional[str], run_name: Optional[str] = None,
+               tags: Optional[dict[str, str]] = None, run_id: Optional[str] = None) -> Iterator:
+    """A plain MLflow run (``bench perf``, a sweep's parent, a report): yields the active run and
+    ends it FINISHED, FAILED (an exception) or KILLED (Ctrl-C, SIGTERM)."""
+    import mlflow
+
+    active = open_run(experiment, resolve_uri(uri), run_name, tags, run_id)
+    status = "FAILED"
+    try:
+        mlflow.set_tags(version_tags())
+        yield active
+        status = "FINISHED"
+    except (KeyboardInterrupt, SystemExit):
+        status = "KILLED"
+        raise
+    finally:
+        mlflow.end_run(status)
 
 
 @contextlib.contextmanager
 def tracked_run(experiment: str, uri: Optional[str], run_name: Optional[str] = None,
                 tags: Optional[dict[str, str]] = None, run_id: Optional[str] = None) -> Iterator:
-    """One MLflow run whose logging never loses data; yields a ``bench.spool.Tracker``.
+    """One MLflow run whose logging never loses data; yields a ``bench.spool.SpooledRun``.
 
     The run's work folder (checkpoints, spool) is ``checkpoints/<run id>`` under the working
     directory, recorded as the tag ``bench.workdir`` so a resumed run finds it again. The run
@@ -137,22 +139,22 @@ def tracked_run(experiment: str, uri: Optional[str], run_name: Optional[str] = N
     import mlflow
     from mlflow.tracking import MlflowClient
 
-    from bench.spool import Tracker, pending, sync
+    from bench.checkpoints import WORKDIR_TAG, run_workdir
+    from bench.spool import SpooledRun, pending, sync
 
     uri = resolve_uri(uri)
     for key, value in HTTP_DEFAULTS.items():
         os.environ.setdefault(key, value)
-    active = _open(experiment, uri, run_name, tags, run_id)
+    active = open_run(experiment, uri, run_name, tags, run_id)
     info = mlflow.get_run(active.info.run_id)
-    workdir = Path(info.data.tags.get("bench.workdir") or (Path("checkpoints") / active.info.run_id).resolve())
-    tracker = Tracker(MlflowClient(uri), active.info.run_id, uri, workdir / "spool", info.data.params)
-    tracker.workdir = workdir
+    workdir = run_workdir(active.info.run_id, info.data.tags)
+    tracker = SpooledRun(MlflowClient(uri), active.info.run_id, uri, workdir, info.data.params)
     if pending(tracker.spool):  # an earlier attempt's spool goes first, to keep the order
         try:
             sync(tracker.spool, client=tracker.client)
         except BenchError as exc:
             tracker.offline = str(exc)
-    tracker.set_tags({**version_tags(), **(tags or {}), "bench.workdir": str(workdir),
+    tracker.set_tags({**version_tags(), **(tags or {}), WORKDIR_TAG: str(workdir),
                       "bench.host": socket.gethostname(), "bench.pid": str(os.getpid())})
     status = "FAILED"
     try:
@@ -162,8 +164,7 @@ def tracked_run(experiment: str, uri: Optional[str], run_name: Optional[str] = N
         status = "KILLED"
         raise
     finally:
-        tracker.synced = tracker.finish(status)
-        _end_active(status, tracker.synced)
+        _end_active(status, tracker.finish(status))
 
 
 def _end_active(status: str, reachable: bool) -> None:

@@ -20,13 +20,14 @@ from typing import Optional
 import torch
 
 from bench.config import option
-from bench.method import DistillContext, Method
+from bench.method import DistillContext, Method, TrainStage
 from bench.registry import METHODS
 from bench.sampling import Sampler
 from bench.student import Student
-from bench.train import TrainConfig, Trainer
+from bench.train import TrainConfig, Trainer, frozen_teacher
 
 BOUNDARIES = ("auto", "definition", "teacher")
+T_DRAWS = ("logsnr", "uniform", "discrete")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,9 +38,10 @@ class BOOTConfig(TrainConfig):
                                 "(T/delta = 50 steps); on the exact Gaussian 5 and 50 both did worse")
     t_draw: str = option("logsnr", "how t is drawn on [0, t_max] (s = max(t - delta, -1)): logsnr (uniform in log-SNR, "
                                    "so the low-noise end, where y moves most, is not starved), "
-                                   "uniform (in t) or discrete (integers)")
+                                   "uniform (in t) or discrete (integers)", choices=T_DRAWS)
     boundary: str = option("auto", "target of g(eps, t_max): definition (y from x = eps), teacher "
-                                   "(f_phi(eps, t_max), for ~zero terminal SNR) or auto (pick by r)")
+                                   "(f_phi(eps, t_max), for ~zero terminal SNR) or auto (pick by r)",
+                           choices=BOUNDARIES)
     boundary_fraction: float = option(0.125, "share of each batch spent on the boundary term (one "
                                              "row in 8 anchors the start; the rest bootstrap)")
     boundary_weight: float = option(1.0, "weight of the boundary rows' loss")
@@ -51,8 +53,6 @@ class BOOTConfig(TrainConfig):
         super().__post_init__()
         if self.delta < 1:
             raise ValueError("delta must be >= 1 teacher step (the teacher is never queried below t = 0)")
-        if self.t_draw not in ("logsnr", "uniform", "discrete") or self.boundary not in BOUNDARIES:
-            raise ValueError(f"t_draw must be uniform|discrete and boundary one of {BOUNDARIES}")
         if not 0 < self.boundary_fraction < 1:
             raise ValueError("boundary_fraction must be in (0, 1)")
 
@@ -62,7 +62,7 @@ class BOOT(Method):
     Config = BOOTConfig
 
     def __init__(self, teacher, config: BOOTConfig, device):
-        super().__init__(teacher, config, device)
+        super().__init__(frozen_teacher(teacher, config), config, device)
         self.t_max = teacher.T - 1 if config.t_max is None else config.t_max
         if not config.delta <= self.t_max <= teacher.T - 1:
             raise ValueError(f"t_max must be in [delta, {teacher.T - 1}]")
@@ -146,13 +146,17 @@ class BOOT(Method):
         return torch.randint(0, self.teacher.num_classes, (n,), generator=gen).to(self.device)
 
     # -- the method contract ----------------------------------------------------------
-    def distill(self, ctx: DistillContext) -> dict[str, float]:
+    def training_stage(self) -> TrainStage:
         # the teacher runs in every step, so compile/channels_last apply to it as well
-        trainer = Trainer(self.student, self.config, ctx, frozen=(self.teacher.net,))
-        cost = trainer.fit(self.loss, quick_sampler=self._one_step)
+        return TrainStage(self.student, self.loss, self.config, frozen=(self.teacher.net,),
+                          quick_sampler=self._one_step)
+
+    def distill(self, ctx: DistillContext) -> dict[str, float]:
+        trainer = Trainer(self.training_stage(), ctx)
+        cost = trainer.fit()
         self.ema = trainer.ema.eval()
         self.history = trainer.history
-        return cost
+        return cost.as_cost()
 
     def max_nfe(self) -> int:
         return 1
@@ -175,7 +179,8 @@ class BOOT(Method):
         return self._one_step(self._fast[1])
 
     def save_artifacts(self, out_dir: Path) -> None:
-        from bench.artifacts import plot_training, save_weights
+        from bench.artifacts import plot_training
+        from bench.files import save_weights
 
         save_weights(self.ema, out_dir / "student.safetensors")
         if self.history:

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from bench.config import option
+from bench.config import check_choices, option
 from bench.method import Method
 from bench.registry import METHODS
 from bench.sampling import Sampler, ddim_sample
@@ -12,12 +12,11 @@ from bench.schedule import SPACINGS
 
 @dataclasses.dataclass(frozen=True)
 class DDIMConfig:
-    spacing: str = option("trailing", f"timestep spacing: one of {', '.join(SPACINGS)} "
-                                      "(trailing starts at the noisiest step; best for few steps)")
+    spacing: str = option("trailing", "timestep spacing (trailing starts at the noisiest step; best for "
+                                      "few steps)", choices=SPACINGS)
 
     def __post_init__(self):
-        if self.spacing not in SPACINGS:
-            raise ValueError(f"spacing must be one of {', '.join(SPACINGS)}, got {self.spacing!r}")
+        check_choices(self)
 
 
 @METHODS.register("ddim", "teacher sampled with K deterministic DDIM steps (no training)")

@@ -8,26 +8,36 @@ so one student DDIM step from t lands exactly on x_{t''}. The loss is max(SNR_t,
 (truncated SNR weighting). After the round the student becomes the teacher.
 It needs x: ``data=real`` uses the teacher's registered data set; ``data=synthetic`` samples
 the teacher once with K DDIM steps, caches the samples and counts their cost in the run.
+A teacher without a network (the analytic ones) is first imitated by an MLP, fitted to its x0
+prediction on the first round's grid with the same weighting (a stage of its own, "round
+``start_steps``"); the rounds then halve that MLP as usual.
+
+The student's output parameterisation (Salimans & Ho sec. 4): an eps-prediction student reads
+x0 = (x_t - sigma eps) / alpha, which multiplies its error by sigma / alpha (~157 at the first
+step of a DDPM schedule); with one or two steps left, that first step *is* the sample, and
+eps-prediction breaks down. So an eps-teacher's students predict x and eps with two heads and
+merge them as x0 = sigma^2 x~ + alpha (x_t - sigma eps~) (``x_and_epsilon``, the paper's "both"
+variant), starting from the teacher's weights (the eps head is the teacher's, the new x head
+starts at zero; bench.student.add_x_head). x0-, v- and analytic teachers keep their own output.
 """
 from __future__ import annotations
 
 import copy
 import dataclasses
-import hashlib
-import json
-import time
 from pathlib import Path
+from typing import Optional
 
-import numpy as np
 import torch
 
 from bench.config import option
 from bench.errors import BenchError
-from bench.method import DistillContext, Method
+from bench.method import DistillContext, Method, TrainStage
 from bench.registry import METHODS
 from bench.sampling import Sampler, ddim_sample, ddim_step
+from bench.student import TimeMLP, add_x_head
+from bench.synthetic import synthetic_data
 from bench.teachers.base import Teacher
-from bench.train import TrainConfig, Trainer
+from bench.train import TrainConfig, Trainer, Totals, frozen_teacher
 
 
 @dataclasses.dataclass(frozen=True)
@@ -35,21 +45,28 @@ class ProgressiveConfig(TrainConfig):
     iterations: int = option(400, "optimiser steps per round")
     start_steps: int = option(64, "the teacher's step count the first round halves (power of 2 times end)")
     end_steps: int = option(1, "the last round's student step count")
-    data: str = option("real", "real (the teacher's registered data set) or synthetic (teacher samples)")
+    data: str = option("real", "real (the teacher's registered data set) or synthetic (teacher samples)",
+                       choices=("real", "synthetic"))
     synthetic_samples: int = option(2000, "synthetic data: number of teacher samples")
     synthetic_steps: int = option(64, "synthetic data: DDIM steps the teacher takes per sample")
     lr: float = option(1e-4, "learning rate (students start from the previous round's weights)")
+    fit_iterations: int = option(2000, "teachers without a network (analytic): steps fitting an MLP to "
+                                       "the teacher's x0 prediction before the first round")
+    fit_lr: float = option(1e-3, "learning rate of that fit (the MLP starts from random weights)")
+    mlp_width: int = option(256, "width of the MLP student (teachers without a network)")
+    parameterization: str = option("auto", "the students' output: auto (x_and_epsilon for eps-teachers, "
+                                           "as Salimans & Ho advise; the teacher's own otherwise), "
+                                           "teacher (keep the teacher's), x_and_epsilon",
+                                   choices=("auto", "teacher", "x_and_epsilon"))
 
     def __post_init__(self):
         super().__post_init__()
         ratio = self.start_steps // max(self.end_steps, 1)
         if self.end_steps < 1 or ratio < 2 or ratio & (ratio - 1) or ratio * self.end_steps != self.start_steps:
             raise ValueError("start_steps must be end_steps times a power of two (>= 2)")
-        if self.data not in ("real", "synthetic"):
-            raise ValueError(f"data must be real or synthetic, got {self.data!r}")
 
 
-def two_step_target(teacher: Teacher, x_t, t: int, t_mid: int, t_next: int) -> torch.Tensor:
+def two_step_target(teacher: Teacher, x_t, t, t_mid, t_next) -> torch.Tensor:
     """x~ for one student step t -> t_next from two teacher DDIM steps t -> t_mid -> t_next."""
     x_next = ddim_step(teacher, ddim_step(teacher, x_t, t, t_mid), t_mid, t_next)
     a_t, s_t = teacher.coefficients(t, x_t)
@@ -58,83 +75,159 @@ def two_step_target(teacher: Teacher, x_t, t: int, t_mid: int, t_next: int) -> t
     return (x_next - ratio * x_t) / (a_n - ratio * a_t)
 
 
+@dataclasses.dataclass
+class Round:
+    """A finished round: its student (EMA, as a sampler and the next round's teacher) and the
+    distillation's cost up to its end (None for a round reloaded on resume)."""
+
+    steps: int
+    student: Teacher
+    totals: Optional[Totals]
+
+
 @METHODS.register("progressive", "progressive distillation (Salimans & Ho 2022): halve DDIM steps per round")
 class Progressive(Method):
     Config = ProgressiveConfig
 
     def __init__(self, teacher, config: ProgressiveConfig, device):
-        super().__init__(teacher, config, device)
+        super().__init__(frozen_teacher(teacher, config), config, device)
         if config.start_steps > teacher.T:
             raise ValueError(f"start_steps {config.start_steps} exceeds the teacher's {teacher.T} steps")
-        if not any(True for _ in teacher.net.parameters()):
-            raise BenchError("progressive distillation trains a copy of the teacher's network, and this "
-                             "teacher has none (analytic); use a network teacher such as digits")
-        self.students: dict[int, Teacher] = {}  # step count -> distilled student
+        self.needs_fit = not any(True for _ in teacher.net.parameters())  # analytic: no weights to copy
+        self.rounds: dict[int, Round] = {}  # student step count -> its round
         self.history: list[dict] = []
 
-    def _data(self, ctx: DistillContext) -> tuple[torch.Tensor, dict[str, float]]:
-        cfg = self.config
-        if cfg.data == "real":
-            if self.teacher.reference is None:
-                raise BenchError("this teacher has no registered data set; use --set data=synthetic")
-            return self.teacher.reference(), {}
-        return synthetic_data(self.teacher, cfg.synthetic_samples, cfg.synthetic_steps, ctx)
-
-    def distill(self, ctx: DistillContext) -> dict[str, float]:
-        cfg = self.config
-        x_data, cost = self._data(ctx)
-        x_data = x_data.to(self.device)
-        teacher, n, step0, seconds, teacher_nfe = self.teacher, cfg.start_steps // 2, 0, 0.0, 0.0
-        resume = _resume_point(cfg.resume_from)
-        clip = self.teacher.clip_x0
-        while n >= cfg.end_steps:
-            if resume and n > resume["round"]:  # finished before the interruption: reload its student
-                teacher = _load_round(teacher, Path(cfg.resume_from).parent / _round_file(n), clip)
-                self.students[n], n = teacher, n // 2
-                continue
-            if resume:  # the interrupted round: its checkpoint carries the cost so far
-                step0, seconds, teacher_nfe = resume["step0"], resume["seconds"], resume["teacher_nfe"]
-            student = _trainable_copy(teacher)  # this round's student starts as its teacher
-            grid, fine = teacher.schedule.timesteps(n), teacher.schedule.timesteps(2 * n)
-            loss = self._loss_fn(teacher, student, x_data, grid, fine)
-            round_ctx = _offset_ctx(ctx, step0, seconds, teacher_nfe)
-            trainer = Trainer(student.net, dataclasses.replace(cfg, resume_from=cfg.resume_from if resume
-                                                               else None), round_ctx)
-            resume = None
-            trainer.extra = {"round": n, "step0": step0, "seconds": seconds, "teacher_nfe": teacher_nfe}
-            out = trainer.fit(loss, quick_sampler=lambda net, n=n: self._sampler(_frozen(student, net, clip), n))
-            teacher = _frozen(student, trainer.ema, clip)
-            self.students[n] = teacher
-            _save_round(trainer.ema, Path(ctx.workdir) / _round_file(n))
-            self.history += [{**h, "train/seconds": h["train/seconds"] + seconds} for h in trainer.history]
-            step0, seconds, teacher_nfe = step0 + out["train_iterations"], seconds + out["train_seconds"], \
-                teacher_nfe + out["teacher_nfe"]
-            ctx.log({"round/steps": float(n)}, int(step0))
-            n //= 2
-        return {"train_seconds": seconds, "teacher_nfe": teacher_nfe + cost.get("data_teacher_nfe", 0.0),
-                "train_iterations": float(step0), **cost}
-
-    def _loss_fn(self, teacher, student, x_data, grid, fine):
+    # -- the math -------------------------------------------------------------------
+    def _noisy_batch(self, x_data, grid: torch.Tensor, gen):
+        """x from the data, t from ``grid``, x_t = alpha_t x + sigma_t eps; returns (index, t, a, s, x_t)."""
         B = self.config.batch_size
+        x = x_data[torch.randint(0, len(x_data), (B,), generator=gen).to(x_data.device)]
+        idx = torch.randint(0, len(grid), (B,), generator=gen)
+        eps = torch.randn(x.shape, generator=gen).to(x.device)
+        t = grid[idx]
+        a, s = self.teacher.coefficients(t, x)
+        return idx, t, a, s, a * x + s * eps
+
+    @staticmethod
+    def _weighted(x0, target, a, s) -> torch.Tensor:
+        """max(SNR_t, 1) ||x0 - target||^2 per sample (truncated SNR weighting, Salimans & Ho sec. 4)."""
+        snr = (a ** 2 / s ** 2).flatten().float()
+        return snr.clamp(min=1.0) * (x0.float() - target.float()).pow(2).flatten(1).mean(1)
+
+    def _round_loss(self, teacher: Teacher, student: Teacher, x_data, n: int):
+        grid, fine = teacher.schedule.timesteps(n), teacher.schedule.timesteps(2 * n)
         t_grid = torch.tensor(grid, dtype=torch.float64)
         t_next = torch.tensor(grid[1:] + [-1], dtype=torch.float64)
         t_mid = torch.tensor(fine[1::2], dtype=torch.float64)  # the 2N grid nests the N grid
 
-        def step(it: int, gen: torch.Generator):
-            x = x_data[torch.randint(0, len(x_data), (B,), generator=gen).to(x_data.device)]
-            idx = torch.randint(0, len(grid), (B,), generator=gen)
-            eps = torch.randn(x.shape, generator=gen).to(x.device)
-            t = t_grid[idx]
-            a, s = teacher.coefficients(t, x)
-            x_t = a * x + s * eps
+        def loss(step: int, gen: torch.Generator):
+            idx, t, a, s, x_t = self._noisy_batch(x_data, t_grid, gen)
             with torch.no_grad():
                 target = two_step_target(teacher, x_t, t, t_mid[idx], t_next[idx])
-            x0 = student.predict(x_t, t)[0]
-            snr = (a ** 2 / s ** 2).flatten().float()
-            return snr.clamp(min=1.0) * (x0 - target).pow(2).flatten(1).mean(1), 2.0
+            return self._weighted(student.predict(x_t, t)[0], target, a, s), 2.0
 
-        return step
+        return loss
 
+    def _fit_loss(self, student: Teacher, x_data):
+        """The MLP imitates the teacher's x0 prediction on the grid the first round samples."""
+        grid = torch.tensor(self.teacher.schedule.timesteps(self.config.start_steps), dtype=torch.float64)
+
+        def loss(step: int, gen: torch.Generator):
+            _, t, a, s, x_t = self._noisy_batch(x_data, grid, gen)
+            with torch.no_grad():
+                target = self.teacher.x0(x_t, t)
+            return self._weighted(student.predict(x_t, t)[0], target, a, s), 1.0
+
+        return loss
+
+    # -- stages ---------------------------------------------------------------------
+    def _mlp_teacher(self) -> Teacher:
+        """An untrained MLP predicting x0, in the analytic teacher's place."""
+        dim = int(torch.tensor(self.teacher.sample_shape).prod())
+        net = TimeMLP(dim, self.teacher.T, self.config.mlp_width).to(self.device)
+        return self.teacher.replace(net=net.requires_grad_(False).eval(), prediction_type="sample")
+
+    def _student_of(self, teacher: Teacher) -> Teacher:
+        """A round's student: a trainable copy of its teacher, in the students' parameterisation,
+        x0 unclipped (clipping would cut the gradient wherever the prediction leaves the data range)."""
+        net = copy.deepcopy(teacher.net).requires_grad_(True).train()
+        kind = self.config.parameterization
+        if kind == "auto":
+            kind = "x_and_epsilon" if self.teacher.prediction_type == "epsilon" else "teacher"
+        if kind == "x_and_epsilon" and teacher.prediction_type != "x_and_epsilon":
+            return teacher.replace(net=add_x_head(net), prediction_type="x_and_epsilon", clip_x0=False,
+                                   autocast=True)
+        return teacher.replace(net=net, clip_x0=False, autocast=True)
+
+    def _stage(self, teacher: Teacher, student: Teacher, n: int, x_data) -> TrainStage:
+        """Round n (the student takes n steps), or the MLP fit when n is start_steps."""
+        fit = n == self.config.start_steps
+        cfg = self.config
+        if fit:
+            cfg = dataclasses.replace(cfg, iterations=cfg.fit_iterations, lr=cfg.fit_lr)
+        loss = self._fit_loss(student, x_data) if fit else self._round_loss(teacher, student, x_data, n)
+        return TrainStage(student.net, loss, cfg, quick_sampler=lambda net: self._sampler(
+            student.replace(net=net, clip_x0=self.teacher.clip_x0), n))
+
+    def _frozen(self, student: Teacher, net) -> Teacher:
+        """A finished student as a sampler and the next round's teacher: ``net`` (its EMA) frozen
+        in eval mode (dropout off: targets must be deterministic), x0 clipped as the original
+        teacher's, in the teacher's training precision."""
+        return student.replace(net=net.requires_grad_(False).eval(), clip_x0=self.teacher.clip_x0,
+                               autocast=self.teacher.autocast)
+
+    def _step_counts(self) -> list[int]:
+        """Every stage's student step count: start_steps (the MLP fit, analytic teachers only),
+        then start_steps / 2, ..., end_steps."""
+        n, out = self.config.start_steps, []
+        if self.needs_fit:
+            out.append(n)
+        while n // 2 >= self.config.end_steps:
+            n //= 2
+            out.append(n)
+        return out
+
+    def training_stage(self) -> TrainStage:
+        """The first round on placeholder data in the data range (the values of x do not change a
+        step's cost); with an MLP teacher, an untrained one."""
+        teacher = self._mlp_teacher() if self.needs_fit else self.teacher
+        x = torch.rand((512,) + self.teacher.sample_shape, generator=torch.Generator().manual_seed(0)) * 2 - 1
+        return self._stage(teacher, self._student_of(teacher), self.config.start_steps // 2, x.to(self.device))
+
+    def distill(self, ctx: DistillContext) -> dict[str, float]:
+        x_data, data_cost = self._data(ctx)
+        x_data = x_data.to(self.device)
+        resume_round = _round_of(ctx.resume_from)
+        teacher, totals = (self._mlp_teacher() if self.needs_fit else self.teacher), Totals()
+        for n in self._step_counts():
+            student = self._student_of(teacher)
+            if resume_round is not None and n > resume_round:  # finished before the interruption
+                teacher = self._frozen(student, _load_round(student.net, Path(ctx.workdir) / _round_file(n)))
+                self.rounds[n] = Round(n, teacher, None)
+                continue
+            round_ctx = dataclasses.replace(ctx, resume_from=ctx.resume_from if n == resume_round else None)
+            trainer = Trainer(self._stage(teacher, student, n, x_data), round_ctx, start=totals)
+            trainer.extra = {"round": n}
+            trainer.fit()
+            totals = trainer.total  # restored from the checkpoint where the round resumed
+            teacher = self._frozen(student, trainer.ema)
+            self.rounds[n] = Round(n, teacher, totals)
+            _save_round(trainer.ema, Path(ctx.workdir) / _round_file(n))
+            self.history += trainer.history
+            ctx.log({"round/steps": float(n)}, totals.steps)
+        cost = totals.as_cost()
+        cost["teacher_forwards"] += data_cost.get("data_teacher_forwards", 0.0)
+        return {**cost, **data_cost}
+
+    def _data(self, ctx: DistillContext) -> tuple[torch.Tensor, dict[str, float]]:
+        cfg = self.config
+        if cfg.data == "real":
+            if self.teacher.dataset is None:
+                raise BenchError("this teacher has no registered data set; use --set data=synthetic")
+            return self.teacher.dataset(), {}
+        return synthetic_data(self.teacher, cfg.synthetic_samples, cfg.synthetic_steps, ctx.seed, ctx.device)
+
+    # -- samplers -------------------------------------------------------------------
     def max_nfe(self) -> int:
         return self.config.start_steps
 
@@ -156,27 +249,20 @@ class Progressive(Method):
         return lambda noise, cond=None: ddim_sample(model, noise, steps, cond)
 
     def sampler(self, nfe: int) -> Sampler:
+        """DDIM-nfe of the round that ends at nfe steps (the teacher itself at start_steps, unless
+        an MLP was fitted in its place)."""
         self.check_nfe(nfe)
-        return self._sampler(self.students.get(nfe, self.teacher), nfe)
+        found = self.rounds.get(nfe)
+        return self._sampler(found.student if found else self.teacher, nfe)
 
     def save_artifacts(self, out_dir: Path) -> None:
-        from bench.artifacts import plot_training, save_weights
+        from bench.artifacts import plot_training
+        from bench.files import save_weights
 
-        for n, model in self.students.items():
-            save_weights(model.net, out_dir / f"student_{n}step.safetensors")
+        for n, r in self.rounds.items():
+            save_weights(r.student.net, out_dir / f"student_{n}step.safetensors")
         if self.history:
             plot_training(self.history, out_dir / "training_curve.png", "progressive distillation")
-
-
-def _trainable_copy(teacher: Teacher) -> Teacher:
-    """The student: the teacher's network, copied and trainable, with x0 left unclipped
-    (clipping would cut the gradient wherever the prediction leaves the data range)."""
-    return teacher.replace(net=copy.deepcopy(teacher.net).requires_grad_(True).train(), clip_x0=False)
-
-
-def _frozen(student: Teacher, net, clip_x0: bool) -> Teacher:
-    """The student as a sampler/teacher: ``net`` (e.g. its EMA), x0 clipped as the teacher's."""
-    return student.replace(net=net, clip_x0=clip_x0)
 
 
 def _round_file(n: int) -> str:
@@ -184,69 +270,31 @@ def _round_file(n: int) -> str:
 
 
 def _save_round(net, path: Path) -> None:
-    """A finished round's student (EMA), atomically: a resumed run rebuilds earlier rounds from these."""
-    from bench.artifacts import save_weights
+    """A finished round's student (EMA): a resumed run rebuilds earlier rounds from these."""
+    from bench.files import save_weights
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    save_weights(net, tmp)
-    tmp.replace(path)
+    save_weights(net, path)
 
 
-def _load_round(teacher: Teacher, path: Path, clip_x0: bool) -> Teacher:
+def _load_round(net, path: Path):
+    """A copy of ``net`` with a finished round's weights (its EMA, saved when the round ended)."""
     from safetensors.torch import load_file
 
     if not path.is_file():
         raise BenchError(f"cannot resume progressive distillation: {path} (a finished round's student) "
                          f"is missing beside the checkpoint")
-    net = copy.deepcopy(teacher.net).requires_grad_(False).train()  # as the Trainer's EMA copy
+    net = copy.deepcopy(net)
     net.load_state_dict(load_file(str(path), device=str(next(net.parameters()).device)))
-    return teacher.replace(net=net, clip_x0=clip_x0)
+    return net
 
 
-def _resume_point(path) -> dict | None:
-    """The round and the cost so far stored in a progressive checkpoint (None: a fresh start)."""
+def _round_of(path) -> Optional[int]:
+    """The round a progressive checkpoint was written in (None: a fresh start)."""
     if not path:
         return None
-    from bench.train import read_checkpoint
+    from bench.checkpoints import read_checkpoint
 
     extra = read_checkpoint(Path(path)).get("extra", {})
     if "round" not in extra:
         raise BenchError(f"checkpoint {path} was not written by progressive distillation (no round)")
-    return extra
-
-
-def _offset_ctx(ctx: DistillContext, step0: float, seconds: float, nfe: float) -> DistillContext:
-    """Rounds log on one axis: steps, seconds and teacher passes continue across rounds."""
-    def log(metrics: dict[str, float], step: int) -> None:
-        m = dict(metrics)
-        if "train/seconds" in m:
-            m["train/seconds"] += seconds
-        if "train/teacher_nfe" in m:
-            m["train/teacher_nfe"] += nfe
-        ctx.log(m, int(step0) + step)
-
-    return dataclasses.replace(ctx, log=log, step_offset=ctx.step_offset + int(step0))
-
-
-def synthetic_data(teacher: Teacher, n: int, steps: int, ctx: DistillContext) -> tuple[torch.Tensor, dict]:
-    """n teacher DDIM-``steps`` samples, generated once and cached with what they cost."""
-    from bench.artifacts import save_npz_atomic
-    from bench.evaluator import generate
-    from bench.reference import cache_root
-    from bench.sampling import teacher_sampler
-
-    key = hashlib.sha256(json.dumps({"teacher": teacher.provenance.as_params(), "n": n, "steps": steps,
-                                     "seed": ctx.seed}, sort_keys=True).encode()).hexdigest()[:24]
-    path = cache_root() / "synthetic" / f"{key}.npz"
-    if path.is_file():
-        with np.load(path) as d:
-            x, seconds = torch.from_numpy(d["x"]), float(d["seconds"])
-    else:
-        start = time.perf_counter()
-        with torch.no_grad():
-            x = generate(teacher_sampler(teacher, steps), teacher.sample_shape, n,
-                         ctx.seed + 0xDA7A, 250, ctx.device).samples
-        seconds = time.perf_counter() - start
-        save_npz_atomic(path, x=x.numpy(), seconds=seconds)
-    return x, {"data_seconds": seconds, "data_teacher_nfe": float(n * steps)}
+    return int(extra["round"])

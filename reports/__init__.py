@@ -1,1 +1,1 @@
-"""Report tables and plots built from MLflow runs (see the reports issue)."""
+"""``bench report``: tables and plots built from the runs MLflow holds (nothing else is read)."""

@@ -8,7 +8,8 @@ from typing import Optional
 import pandas as pd
 
 PER_NFE = ("fid", "kid", "precision", "recall", "teacher_psnr", "sample_seconds_per_image")
-PER_RUN = ("train_seconds", "teacher_nfe", "distill_seconds")
+PER_RUN = ("train_seconds", "teacher_forwards", "distill_seconds")
+RENAMED = {"teacher_forwards": "teacher_nfe"}  # metric -> its name in runs of older versions
 
 
 def collect(client, experiment: str, filter_string: str = "") -> pd.DataFrame:
@@ -29,13 +30,23 @@ def collect(client, experiment: str, filter_string: str = "") -> pd.DataFrame:
                 "seed": p.get("seed"), "n": int(p.get("n", 0)), "extractor": p.get("feature_extractor", ""),
                 "config": hashlib.sha1(json.dumps(config, sort_keys=True).encode()).hexdigest()[:8],
                 "git_commit": run.data.tags.get("git_commit", ""), "start_time": run.info.start_time,
-                **{k: m.get(k, 0.0 if k != "distill_seconds" else float("nan")) for k in PER_RUN}}
+                **{k: _run_metric(m, k) for k in PER_RUN}}
         per_nfe: dict[int, dict] = {}
         for key in PER_NFE:
             for point in client.get_metric_history(run.info.run_id, key):
                 per_nfe.setdefault(point.step, {})[key] = point.value
         rows += [{**base, "nfe": nfe, **vals} for nfe, vals in per_nfe.items()]
     return pd.DataFrame(rows)
+
+
+def _run_metric(metrics: dict, key: str) -> float:
+    """A per-run metric, read under its older name where a run predates the rename; training-free
+    runs log no training cost (0), and a missing distill time stays unknown (NaN)."""
+    if key in metrics:
+        return metrics[key]
+    if RENAMED.get(key) in metrics:
+        return metrics[RENAMED[key]]
+    return float("nan") if key == "distill_seconds" else 0.0
 
 
 def best_per_method_nfe(df: pd.DataFrame) -> pd.DataFrame:
@@ -55,7 +66,7 @@ def best_per_method_nfe(df: pd.DataFrame) -> pd.DataFrame:
     return best.sort_values(["teacher", "method", "nfe"]).reset_index(drop=True)
 
 
-def baseline_speed(best: pd.DataFrame, teacher: str, steps: int, baseline: str = "ddim") -> Optional[float]:
-    """Seconds per image of the baseline (the teacher's own DDIM) at ``steps``, if logged."""
-    row = best[(best.teacher == teacher) & (best.method == baseline) & (best.nfe == steps)]
+def baseline_speed(best: pd.DataFrame, teacher: str, method: str, steps: int) -> Optional[float]:
+    """Seconds per image of the baseline (e.g. the teacher's own DDIM) at ``steps``, if logged."""
+    row = best[(best.teacher == teacher) & (best.method == method) & (best.nfe == steps)]
     return None if row.empty else float(row["sample_seconds_per_image_mean"].iloc[0])

@@ -16,13 +16,14 @@ from reports.tables import main_table, to_latex, to_markdown
 FORMATS = ("md", "tex", "csv", "html")
 
 
-def build_report(experiment: str, out_dir: Path, tracking_uri: Optional[str] = None, filter_string: str = "",
-                 formats: Sequence[str] = FORMATS, baseline_steps: int = 50, log: bool = True) -> dict:
-    """Write the report files to ``out_dir``; returns {teacher: display table}."""
+def build_report(experiment: str, out_dir: Path, baseline: tuple[str, int], tracking_uri: Optional[str] = None,
+                 filter_string: str = "", formats: Sequence[str] = FORMATS, log: bool = True) -> dict:
+    """Write the report files to ``out_dir``; returns {teacher: display table}. Speed-ups are
+    against ``baseline`` = (method, NFE), e.g. the teacher's DDIM-50."""
     import mlflow
     from mlflow.tracking import MlflowClient
 
-    from bench.tracking import resolve_uri, version_tags
+    from bench.tracking import mlflow_run, resolve_uri, version_tags
 
     bad = set(formats) - set(FORMATS)
     if bad:
@@ -36,7 +37,7 @@ def build_report(experiment: str, out_dir: Path, tracking_uri: Optional[str] = N
     out_dir.mkdir(parents=True, exist_ok=True)
     tables, sections = {}, []
     for teacher in sorted(best.teacher.unique()):
-        table, caption = main_table(best, teacher, baseline_steps)
+        table, caption = main_table(best, teacher, baseline)
         tables[teacher] = table
         if "md" in formats:
             (out_dir / f"{teacher}.md").write_text(to_markdown(table, caption))
@@ -49,9 +50,7 @@ def build_report(experiment: str, out_dir: Path, tracking_uri: Optional[str] = N
     if "html" in formats:
         _write_html(out_dir / "report.html", experiment, sections, raw, version_tags())
     if log:
-        mlflow.set_tracking_uri(uri)
-        mlflow.set_experiment(experiment)
-        with mlflow.start_run(run_name="report", tags={"bench.report": "true"}):
+        with mlflow_run(experiment, uri, run_name="report", tags={"bench.report": "true"}):
             mlflow.log_artifacts(str(out_dir), artifact_path="report")
     return tables
 

@@ -13,7 +13,7 @@ COLUMNS = [
     ("precision", "precision", "↑", "{:.3f}"), ("recall", "recall", "↑", "{:.3f}"),
     ("PSNR vs teacher (dB)", "teacher_psnr", "↑", "{:.1f}"),
     ("s/image", "sample_seconds_per_image", "↓", "{:.2e}"),
-    ("train s", "train_seconds", "↓", "{:.0f}"), ("teacher fwd", "teacher_nfe", "↓", "{:,.0f}"),
+    ("train s", "train_seconds", "↓", "{:.0f}"), ("teacher fwd", "teacher_forwards", "↓", "{:,.0f}"),
 ]
 
 
@@ -26,10 +26,11 @@ def _cell(mean: float, std: float, fmt: str, seeds: int) -> str:
     return f"{text} ± {fmt.format(std)}" if seeds > 1 and not math.isnan(std) else text
 
 
-def main_table(best: pd.DataFrame, teacher: str, baseline_steps: int = 50) -> tuple[pd.DataFrame, str]:
-    """(display table, caption) for one teacher: rows method x NFE, best config per row."""
+def main_table(best: pd.DataFrame, teacher: str, baseline: tuple[str, int]) -> tuple[pd.DataFrame, str]:
+    """(display table, caption) for one teacher: rows method x NFE, best config per row; the
+    speed-up is against ``baseline`` = (method, NFE)."""
     rows = best[best.teacher == teacher]
-    base = baseline_speed(best, teacher, baseline_steps)
+    base = baseline_speed(best, teacher, *baseline)
     out = []
     for _, r in rows.iterrows():
         seeds = int(r["seeds"])
@@ -37,7 +38,7 @@ def main_table(best: pd.DataFrame, teacher: str, baseline_steps: int = 50) -> tu
         for name, key, arrow, fmt in COLUMNS:
             row[f"{name} {arrow}"] = _cell(r.get(f"{key}_mean"), r.get(f"{key}_std", float("nan")), fmt, seeds)
         speed = base / r["sample_seconds_per_image_mean"] if base else float("nan")
-        row[f"speed-up vs DDIM-{baseline_steps} ↑"] = "–" if math.isnan(speed) else f"{speed:.1f}x"
+        row[f"speed-up vs {baseline[0]}-{baseline[1]} ↑"] = "–" if math.isnan(speed) else f"{speed:.1f}x"
         row["seeds"] = seeds
         out.append(row)
     table = pd.DataFrame(out)

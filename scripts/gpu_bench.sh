@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# `bench perf` on a GPU machine: the cifar10 and lsun_bedroom UNet architectures (random
-# weights: throughput only, labelled so), one table at the end; about 4-5 minutes on an H100.
+# `bench perf` (as `python -m perf`: nothing is installed) on a GPU machine: the cifar10 and
+# lsun_bedroom UNet architectures (random weights: throughput only, labelled so), one table at
+# the end; about 4-5 minutes on an H100.
 # The image needs only python with torch; the rest comes from wheels/ (scripts/fetch_wheels.sh).
 #
 #   bash scripts/gpu_bench.sh                    # from the repo root; tables in perf_out/
@@ -55,7 +56,7 @@ for arch in $ARCHS; do
   fi
   echo "== $arch: bench perf $args" | tr -s ' \n' ' '; echo
   # shellcheck disable=SC2086  # word splitting of $args is intended
-  if ! timeout "${ARCH_TIMEOUT:-170}" "$PY" -m bench perf --no-mlflow --device "$DEVICE" \
+  if ! timeout "${ARCH_TIMEOUT:-170}" "$PY" -m perf --no-mlflow --device "$DEVICE" \
       --compile "$COMPILE" $args --json "$OUT/$arch.json" 2>&1 | tee "$OUT/$arch.txt"; then
     echo "gpu_bench: $arch failed or passed ARCH_TIMEOUT=${ARCH_TIMEOUT:-170}s; see $OUT/$arch.txt"
   fi

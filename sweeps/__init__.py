@@ -1,1 +1,1 @@
-"""Ray Tune sweeps over ``bench.run.run`` (see the sweeps issue)."""
+"""Ray Tune sweeps over ``bench.run.run``: a YAML spec, the Tune driver with one MLflow parent run, the trial."""

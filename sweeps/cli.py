@@ -1,4 +1,5 @@
-"""``bench sweep SPEC.yaml``: the command-line side of sweeps (parser and handler)."""
+"""``bench sweep SPEC.yaml``: the command-line side of sweeps (parser and handler); ``add_parser``
+is the ``bench.commands`` entry point that plugs it into ``bench``."""
 from __future__ import annotations
 
 import argparse
@@ -13,6 +14,7 @@ def add_parser(sub) -> None:
                    help="continue an interrupted sweep: finished trials are kept, others continue")
     s.add_argument("--tracking-uri", help="MLflow store every node reaches (default sqlite:///./mlflow.db)")
     s.add_argument("--quiet", action="store_true", help="no Ray Tune progress table")
+    s.set_defaults(handler=cmd_sweep)
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:

@@ -39,9 +39,6 @@ def run_trial(config: dict, spec: SweepSpec, parent_run_id: str, tracking_uri: s
     run_cfg = cfgs.replace(RunConfig(method=spec.method, teacher=spec.teacher), spec.run, what="run")
     run_cfg = cfgs.replace(run_cfg, {"tracking_uri": tracking_uri}, what="run")
     overrides = _overrides(spec, config, run_cfg)
-    resume_file = _tune_checkpoint_file(tune.get_checkpoint(), previous)
-    if resume_file:
-        overrides["resume_from"] = str(resume_file)
     reporter = Reporter(spec, context.get_trial_id())
     tags = {"mlflow.parentRunId": parent_run_id, "sweep.name": spec.name,
             "sweep.trial_id": context.get_trial_id(),
@@ -52,7 +49,8 @@ def run_trial(config: dict, spec: SweepSpec, parent_run_id: str, tracking_uri: s
     # run KILLED and tags why (the trial's own process may not outlive the stop)
     run(run_cfg, overrides, progress=False,
         hooks=RunHooks(run_name=context.get_trial_name(), tags=tags, resume=resume,
-                       on_metrics=reporter))
+                       checkpoint=_tune_checkpoint_file(tune.get_checkpoint(), previous),
+                       on_start=reporter.started, on_metrics=reporter))
 
 
 def _overrides(spec: SweepSpec, config: dict, run_cfg) -> dict:
@@ -72,13 +70,13 @@ def _tune_checkpoint_file(checkpoint, previous) -> Optional[Path]:
     """The training checkpoint Tune kept, where it is newer than any in the earlier attempt's
     work folder on this node (none there when the attempt ran on another node). Otherwise the
     run's own newest checkpoint is used (it may be one evaluation period newer than Tune's)."""
-    from bench.resume import latest_checkpoint, workdir_of
+    from bench.checkpoints import checkpoint_step, newest_checkpoint, run_workdir
 
     file = restore(checkpoint)
     if file is None or previous is None:
         return file
-    local = latest_checkpoint(workdir_of(previous))
-    return file if local is None or local.name < file.name else None
+    local = newest_checkpoint(run_workdir(previous.info.run_id, previous.data.tags))
+    return file if local is None or checkpoint_step(local) < checkpoint_step(file) else None
 
 
 def _trial_run(uri: str, parent_run_id: str, trial_id: str):
@@ -116,17 +114,20 @@ def restore(checkpoint) -> Optional[Path]:
 
 
 class Reporter:
-    """``RunHooks.on_metrics``: turns what the run logs into Tune results."""
+    """``RunHooks.on_metrics``: turns what the run logs into Tune results. ``started`` is the
+    run's ``on_start`` hook: it is told the MLflow run and its work folder (checkpoints)."""
 
     def __init__(self, spec: SweepSpec, trial_id: str):
-        self.spec, self.trial_id, self.last_step, self.run_id = spec, trial_id, 0, None
+        self.spec, self.trial_id, self.last_step = spec, trial_id, 0
+        self.run_id: Optional[str] = None
         self.workdir: Optional[Path] = None
+
+    def started(self, run_id: str, workdir: Path) -> None:
+        self.run_id, self.workdir = run_id, Path(workdir)
 
     def __call__(self, metrics: dict, step: Optional[int]) -> None:
         from ray import tune
 
-        if self.run_id is None:
-            self.run_id, self.workdir = _active_run()
         if step is not None:  # distillation
             self.last_step = max(self.last_step, step)
             if self.spec.metric == "fid" and "train/fid" in metrics:
@@ -141,27 +142,17 @@ class Reporter:
                          "trial_id": self.trial_id})
 
 
-def _active_run() -> tuple[str, Path]:
-    """The run's id and its work folder (where its training checkpoints are)."""
-    import mlflow
-
-    run_id = mlflow.active_run().info.run_id
-    try:
-        tag = mlflow.get_run(run_id).data.tags.get("bench.workdir")
-    except Exception:  # the store is down: the run spools locally under the default folder
-        tag = None
-    return run_id, Path(tag) if tag else Path("checkpoints") / run_id
-
-
 def _report_with_checkpoint(result: dict, run_id: str, workdir: Path) -> None:
     """Report with a Tune checkpoint holding the run id and the newest training checkpoint."""
     from ray import tune
 
-    files = sorted(workdir.glob("checkpoint_*.pt"))
+    from bench.checkpoints import newest_checkpoint
+
+    newest = newest_checkpoint(workdir)
     with tempfile.TemporaryDirectory() as tmp:
-        state = {"run_id": run_id, "checkpoint": files[-1].name if files else None}
-        if files:
-            shutil.copy2(files[-1], Path(tmp) / files[-1].name)
+        state = {"run_id": run_id, "checkpoint": newest.name if newest else None}
+        if newest:
+            shutil.copy2(newest, Path(tmp) / newest.name)
         (Path(tmp) / STATE).write_text(json.dumps(state))
         # Tune copies the folder into the trial's storage before report() returns
         tune.report(result, checkpoint=tune.Checkpoint.from_directory(tmp))

@@ -1,4 +1,5 @@
-"""Test environment: offline, quiet, CPU, a private MLflow store per test."""
+"""Test environment (offline, quiet, CPU, a private MLflow store and cache per test) and the
+helpers several test files share: subprocesses of ``python -m bench``, free ports, servers."""
 import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -6,6 +7,13 @@ os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.pop("MLFLOW_TRACKING_URI", None)
+
+import signal  # noqa: E402
+import socket  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+import urllib.request  # noqa: E402
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
@@ -26,7 +34,7 @@ def tracking_uri(tmp_path, monkeypatch):
     return f"sqlite:///{tmp_path / 'mlflow.db'}"
 
 
-def tiny_unet(in_channels: int = 1, size: int = 8, seed: int = 0):
+def tiny_unet(in_channels: int = 1, size: int = 8, seed: int = 0, **kwargs):
     """A ~30k-parameter diffusers UNet2DModel with random weights."""
     from diffusers import UNet2DModel
 
@@ -34,4 +42,61 @@ def tiny_unet(in_channels: int = 1, size: int = 8, seed: int = 0):
     return UNet2DModel(sample_size=size, in_channels=in_channels, out_channels=in_channels,
                        layers_per_block=1, block_out_channels=(8, 16),
                        down_block_types=("DownBlock2D", "DownBlock2D"),
-                       up_block_types=("UpBlock2D", "UpBlock2D"), norm_num_groups=4)
+                       up_block_types=("UpBlock2D", "UpBlock2D"), norm_num_groups=4, **kwargs)
+
+
+def bench_env(**extra) -> dict:
+    """Environment of a ``python -m bench`` subprocess: offline, quiet, one thread per process
+    (two threads on a shared 2-core machine can run 100x slower), unbuffered output."""
+    return {**os.environ, "HF_HUB_OFFLINE": "1", "MLFLOW_DISABLE_TELEMETRY": "true",
+            "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", "OMP_NUM_THREADS": "1",
+            "PYTHONUNBUFFERED": "1", **extra}
+
+
+def run_bench(args, cwd, timeout: float = 300, **kw) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "bench", *args], cwd=cwd, env=bench_env(),
+                          capture_output=True, text=True, timeout=timeout, **kw)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_server(cmd, cwd, url: str, timeout: float = 120) -> subprocess.Popen:
+    """Start a server (its own process group) and wait until ``url`` answers."""
+    proc = subprocess.Popen(cmd, cwd=cwd, env=bench_env(), start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + timeout
+    while True:
+        try:
+            urllib.request.urlopen(url, timeout=5)
+            return proc
+        except OSError:
+            if proc.poll() is not None or time.time() > deadline:
+                stop_group(proc)
+                raise AssertionError(f"{' '.join(map(str, cmd[:4]))} did not come up at {url}")
+            time.sleep(0.5)
+
+
+def bench_ui(tracking_uri: str, cwd) -> tuple[subprocess.Popen, str]:
+    """``bench ui`` on a free port; returns the process and its base URL."""
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    proc = start_server([sys.executable, "-m", "bench", "ui", "--port", str(port), "--tracking-uri",
+                         tracking_uri], cwd, base + "/", timeout=90)
+    return proc, base
+
+
+def stop_group(proc: subprocess.Popen, first=signal.SIGTERM) -> None:
+    """Stop a process group: ``first``, then SIGKILL if it lingers."""
+    for sig, wait in ((first, 20), (signal.SIGKILL, 10)):
+        try:
+            os.killpg(proc.pid, sig)
+            proc.wait(wait)
+            return
+        except ProcessLookupError:
+            return
+        except subprocess.TimeoutExpired:
+            continue

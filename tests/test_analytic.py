@@ -8,6 +8,8 @@ from bench.schedule import NoiseSchedule
 from bench.teachers import load_teacher
 from bench.teachers.analytic import gaussian_teacher, gmm2d_params, mixture_teacher
 
+pytestmark = pytest.mark.fast
+
 
 def test_gaussian_posterior_mean_closed_form():
     sched = NoiseSchedule.linear()
@@ -48,7 +50,7 @@ def test_registered_analytic_teachers_have_reference():
     for name, dim in (("gaussian", 16), ("gmm2d", 2)):
         teacher = load_teacher(name)
         assert teacher.sample_shape == (dim,) and teacher.features == "points"
-        ref = teacher.reference()
-        assert ref.shape == (20_000, dim) and torch.equal(ref, teacher.reference())  # fixed seed
-    radius = load_teacher("gmm2d").reference().norm(dim=1)
+        ref = teacher.dataset()
+        assert ref.shape == (20_000, dim) and torch.equal(ref, teacher.dataset())  # fixed seed
+    radius = load_teacher("gmm2d").dataset().norm(dim=1)
     assert abs(float(radius.mean()) - 0.8) < 0.01

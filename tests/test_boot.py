@@ -1,5 +1,4 @@
 """BOOT against its definition (DESIGN.md) and against exact teachers."""
-import dataclasses
 
 import pytest
 import torch
@@ -14,15 +13,17 @@ from methods.boot import BOOT, BOOTConfig
 CPU = torch.device("cpu")
 
 
-def _ctx(tmp_path=None, logs=None):
+def _ctx(tmp_path=None, logs=None, resume_from=None):
     return DistillContext(log=lambda m, s: logs.append((s, m)) if logs is not None else None,
-                          device=CPU, seed=0, workdir=tmp_path or "checkpoints", progress=False)
+                          device=CPU, seed=0, workdir=tmp_path or "checkpoints", progress=False,
+                          resume_from=resume_from)
 
 
 def _boot(teacher, **overrides):
     return BOOT(teacher, cfgs.replace(BOOTConfig(), overrides), CPU)
 
 
+@pytest.mark.fast
 def test_target_is_one_teacher_ddim_step_in_y():
     torch.manual_seed(0)
     teacher = load_teacher("gmm2d")
@@ -49,6 +50,7 @@ def test_target_is_one_teacher_ddim_step_in_y():
     assert bool(((r > 0) & (r < 1)).all())
 
 
+@pytest.mark.fast
 def test_gradients_flow_only_through_the_s_branch():
     teacher = load_teacher("gmm2d")
     m = _boot(teacher, batch_size=16)
@@ -72,6 +74,7 @@ def test_gradients_flow_only_through_the_s_branch():
         assert torch.isfinite(g).all()
 
 
+@pytest.mark.fast
 def test_boundary_targets():
     teacher = load_teacher("gaussian")
     eps = torch.randn(8, 16, generator=torch.Generator().manual_seed(1))
@@ -87,6 +90,7 @@ def test_boundary_targets():
     assert _boot(load_teacher("digits")).boundary_mode == "teacher"
 
 
+@pytest.mark.fast
 def test_boundary_rows_of_the_loss():
     """The first ceil(B * boundary_fraction) rows are boundary_weight * |g(eps, t_max) - y_{t_max}|^2."""
     torch.manual_seed(0)
@@ -100,6 +104,7 @@ def test_boundary_rows_of_the_loss():
     assert torch.allclose(losses[:4].detach(), expected, rtol=1e-5)
 
 
+@pytest.mark.fast
 def test_guided_teacher_prediction():
     means, stds, weights = gmm2d_params()
     teacher = mixture_teacher(means, stds, weights, conditional=True)
@@ -108,8 +113,8 @@ def test_guided_teacher_prediction():
     c = torch.arange(8)
     f_c, f_u = teacher.x0(x, 500, c), teacher.x0(x, 500, None)
     assert torch.allclose(m.guided_x0(x, torch.full((8,), 500.0), c), f_u + 3.0 * (f_c - f_u))
-    losses, teacher_nfe = m.loss(0, torch.Generator().manual_seed(0))
-    assert teacher_nfe == pytest.approx(2 * (64 - 8) / 64)  # guided rows cost two forwards
+    losses, teacher_forwards = m.loss(0, torch.Generator().manual_seed(0))
+    assert teacher_forwards == pytest.approx(2 * (64 - 8) / 64)  # guided rows cost two forwards
 
 
 def test_checkpoint_resume_is_exact(tmp_path):
@@ -117,8 +122,8 @@ def test_checkpoint_resume_is_exact(tmp_path):
     straight = _boot(teacher, iterations=20, batch_size=16, checkpoint_every=10)
     straight.distill(_ctx(tmp_path / "a"))
     ckpt = tmp_path / "a" / "checkpoint_0000010.pt"
-    resumed = _boot(teacher, iterations=20, batch_size=16, resume_from=str(ckpt))
-    resumed.distill(_ctx(tmp_path / "b"))
+    resumed = _boot(teacher, iterations=20, batch_size=16)
+    resumed.distill(_ctx(tmp_path / "b", resume_from=ckpt))
     for p, q in zip(straight.ema.parameters(), resumed.ema.parameters()):
         assert torch.equal(p, q)
 
@@ -195,10 +200,10 @@ def test_boot_run_logs_training_and_student(tracking_uri, capsys):
     rid = run.info.run_id
     assert [m.step for m in client.get_metric_history(rid, "fid")] == [1]  # BOOT is one-step
     assert [m.step for m in client.get_metric_history(rid, "train/fid")] == [20, 40]
-    nfe = client.get_metric_history(rid, "train/teacher_nfe")
+    nfe = client.get_metric_history(rid, "train/teacher_forwards")
     assert nfe[-1].step == 40 and nfe[-1].value == 40 * (32 - 4)  # 4 boundary rows need no teacher
     assert {"train/loss", "train/seconds", "train/images_per_second", "distill_seconds",
-            "teacher_nfe", "train_seconds"} <= set(run.data.metrics)
+            "teacher_forwards", "train_seconds"} <= set(run.data.metrics)
     assert run.data.params["method.delta"] == "20.0"
     assert {"student.safetensors", "training_curve.png"} <= {f.path for f in client.list_artifacts(rid)}
 
@@ -226,7 +231,7 @@ def test_boot_trains_on_diffusers_teachers(prediction_type, tmp_path):
     assert m.boundary_mode == "definition"  # linear DDPM: alpha_{t_max} = 0.0064, r ~ 0.97
     before = [p.clone() for p in m.student.parameters()]
     cost = m.distill(_ctx(tmp_path))
-    assert cost["teacher_nfe"] == 3 * (8 - 1)
+    assert cost["teacher_forwards"] == 3 * (8 - 1)
     assert any(not torch.equal(a, b) for a, b in zip(before, m.student.parameters()))
     assert all(torch.equal(a, b) for a, b in zip(teacher.net.unet.parameters(), tiny_unet().parameters()))
     x = m.sampler(1)(torch.randn(4, 1, 8, 8))

@@ -2,16 +2,13 @@
 MLflow UI served by `bench ui`. .ci/run installs chromium; without it these tests skip."""
 import os
 import shutil
-import signal
 import subprocess
-import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 
 from bench.cli import main
+from conftest import bench_ui, stop_group
 
 CHROMIUM = shutil.which("chromium")
 pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed "
@@ -46,7 +43,7 @@ def test_report_page_in_browser(runs, tracking_uri, tmp_path):
     from reports.report import build_report
 
     _, found = runs
-    build_report("browser", tmp_path / "report", tracking_uri, log=False)
+    build_report("browser", tmp_path / "report", ("ddim", 50), tracking_uri, log=False)
     shot = (SHOTS if SHOTS.name else tmp_path) / "report.png"
     dom = _chromium(tmp_path, (tmp_path / "report" / "report.html").as_uri(), shot)
     assert all(r.info.run_id in dom for r in found) and "boot" in dom and "ddim" in dom
@@ -55,26 +52,11 @@ def test_report_page_in_browser(runs, tracking_uri, tmp_path):
 
 def test_mlflow_ui_in_browser(runs, tracking_uri, tmp_path):
     exp_id, found = runs
-    with __import__("socket").socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    proc = subprocess.Popen([sys.executable, "-m", "bench", "ui", "--port", str(port), "--tracking-uri",
-                             tracking_uri], cwd=tmp_path, start_new_session=True,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"})
+    proc, base = bench_ui(tracking_uri, tmp_path)
     try:
-        deadline = time.time() + 90
-        while True:
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=5)
-                break
-            except OSError:
-                assert proc.poll() is None and time.time() < deadline, "bench ui did not come up"
-                time.sleep(1)
         shot = (SHOTS if SHOTS.name else tmp_path) / "mlflow_ui.png"
-        dom = _chromium(tmp_path, f"http://127.0.0.1:{port}/#/experiments/{exp_id}/runs", shot)
+        dom = _chromium(tmp_path, f"{base}/#/experiments/{exp_id}/runs", shot)
         assert all(r.info.run_name in dom for r in found), [r.info.run_name for r in found]
         assert shot.stat().st_size > 10_000
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=30)
+        stop_group(proc)

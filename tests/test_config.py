@@ -62,3 +62,52 @@ def test_load_yaml_errors(tmp_path):
     lst.write_text("- 1\n- 2\n")
     with pytest.raises(BenchError, match="must be a mapping"):
         cfgs.load_yaml(lst)
+
+
+def test_flags_are_built_from_the_dataclass():
+    """One declaration: every field is a flag with its help; values parse by the field's type;
+    flags not given stay absent (a config file's value then stands)."""
+    import argparse
+
+    p = argparse.ArgumentParser()
+    cfgs.add_flags(p, Demo)
+    args = p.parse_args(["--lr", "3e-4", "--nfe", "1,2", "--use-ema", "true"])
+    given = cfgs.flag_values(args, Demo)
+    assert given == {"lr": "3e-4", "nfe": "1,2", "use_ema": "true"}
+    assert cfgs.replace(Demo(), given) == Demo(lr=3e-4, nfe=(1, 2), use_ema=True)
+    helps = {a.dest: a.help for a in p._actions}
+    assert helps["iterations"] == "steps (default: 100)" and helps["path"] == "optional (default: None)"
+
+
+def test_choices_are_declared_once():
+    @dataclasses.dataclass(frozen=True)
+    class Pick:
+        mode: str = option("a", "mode", choices=("a", "b"))
+        many: tuple[str, ...] = option(("a",), "several", choices=("a", "b"))
+
+        def __post_init__(self):
+            cfgs.check_choices(self)
+
+    assert cfgs.replace(Pick(), {"mode": "b", "many": "a,b"}) == Pick("b", ("a", "b"))
+    with pytest.raises(BenchError, match="mode must be one of a, b; got c"):
+        cfgs.replace(Pick(), {"mode": "c"})
+    with pytest.raises(BenchError, match="many must be among a, b; got a,z"):
+        cfgs.replace(Pick(), {"many": "a,z"})
+    assert cfgs.describe(Pick)[0][1] == "a|b"
+
+
+def test_dry_run_prints_the_resolved_config_and_runs_nothing(tmp_path, monkeypatch, capsys):
+    import json
+
+    from bench.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    assert main(["run", "--dry-run", "--method", "boot", "--nfe", "1", "--set", "lr=3e-4",
+                 "--reference-steps", "8"]) == 0
+    out = capsys.readouterr().out
+    run_text, method_text = out.split("boot config:\n")
+    run = json.loads(run_text.split("\n", 1)[1])
+    assert run["nfe"] == [1] and run["reference_steps"] == 8 and run["method"] == "boot"
+    assert json.loads(method_text)["lr"] == 3e-4
+    assert not list(tmp_path.iterdir())  # no store, no checkpoints: nothing ran
+    assert main(["run", "--dry-run", "--set", "nope=1"]) == 2

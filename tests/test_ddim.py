@@ -10,6 +10,8 @@ from bench.teachers.base import Provenance
 from bench.teachers.diffusers_teacher import unet_teacher
 from conftest import tiny_unet
 
+pytestmark = pytest.mark.fast
+
 
 @pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])
 @pytest.mark.parametrize("K", [1, 2, 5, 8, 50])

@@ -2,10 +2,10 @@
 import torch
 
 from bench.cli import main
-from bench.evaluator import Reference, evaluate
+from bench.evaluator import ReferenceStats, SampleSpec, evaluate
 from bench.features import get_extractor
 from bench.teachers import load_teacher
-from bench.teachers.diffusers_teacher import sha256_of
+from bench.files import sha256_of
 from bench.teachers.digits import ASSET_DIR
 
 
@@ -13,7 +13,7 @@ def test_shipped_teacher_contract():
     teacher = load_teacher("digits")
     assert teacher.sample_shape == (1, 8, 8) and teacher.T == 1000
     assert teacher.prediction_type == "v_prediction" and teacher.clip_x0
-    assert teacher.features == "digits-cnn" and teacher.reference().shape == (1347, 1, 8, 8)
+    assert teacher.features == "digits-cnn" and teacher.dataset().shape == (1347, 1, 8, 8)
     weights = ASSET_DIR / "unet" / "diffusion_pytorch_model.safetensors"
     assert teacher.provenance.sha256 == sha256_of(weights)
     assert teacher.provenance.source == "bench/assets/digits"
@@ -22,16 +22,15 @@ def test_shipped_teacher_contract():
 
 def test_shipped_teacher_quality_pinned():
     """Measured when the weights were shipped, n=256: DDIM-16 0.60, DDIM-2 9.28 (n=1000: 0.38, 9.6)."""
-    import methods  # noqa: F401
     from bench.registry import METHODS
 
     teacher = load_teacher("digits")
     extractor = get_extractor("digits-cnn")
-    ref = Reference.from_features(extractor(teacher.reference()))
+    ref = ReferenceStats.from_features(extractor(teacher.dataset()))
     ddim = METHODS.get("ddim")(teacher, METHODS.get("ddim").Config(), torch.device("cpu"))
-    dev = torch.device("cpu")
-    fid16 = evaluate(ddim.sampler(16), 16, teacher.sample_shape, ref, extractor, 256, 0, 256, dev).fid
-    fid2 = evaluate(ddim.sampler(2), 2, teacher.sample_shape, ref, extractor, 256, 0, 256, dev).fid
+    spec = SampleSpec(teacher.sample_shape, 256, 0, 256, torch.device("cpu"))
+    fid16 = evaluate(ddim.sampler(16), spec, ref, extractor).fid
+    fid2 = evaluate(ddim.sampler(2), spec, ref, extractor).fid
     assert abs(fid16 - 0.60) < 0.05 and abs(fid2 - 9.28) < 0.5, (fid16, fid2)
 
 

@@ -4,7 +4,7 @@ import scipy.linalg
 import torch
 
 from bench.errors import BenchError
-from bench.evaluator import FeatureStats, Reference, evaluate, fid_from_features, generate, seed_noise
+from bench.evaluator import FeatureStats, ReferenceStats, SampleSpec, evaluate, fid_from_features, generate, seed_noise
 from bench.features import get_extractor
 from bench.teachers import load_teacher
 
@@ -16,6 +16,7 @@ def _scipy_fid(a: np.ndarray, b: np.ndarray) -> float:
     return float(((mu1 - mu2) ** 2).sum() + np.trace(s1 + s2 - 2 * covmean))
 
 
+@pytest.mark.fast
 @pytest.mark.parametrize("dim", [2, 16, 64])
 def test_fid_matches_scipy_reference(dim):
     rng = np.random.default_rng(dim)
@@ -25,6 +26,7 @@ def test_fid_matches_scipy_reference(dim):
     assert ours == pytest.approx(_scipy_fid(a, b), rel=1e-6)
 
 
+@pytest.mark.fast
 @pytest.mark.parametrize("dim", [4, 64])
 def test_fid_matches_pytorch_fid(dim):
     from pytorch_fid.fid_score import calculate_frechet_distance
@@ -35,11 +37,13 @@ def test_fid_matches_pytorch_fid(dim):
     assert fid_from_features(torch.from_numpy(a), torch.from_numpy(b)) == pytest.approx(ref, rel=1e-6)
 
 
+@pytest.mark.fast
 def test_fid_too_few_samples():
     with pytest.raises(BenchError, match="raise --num-samples"):
         fid_from_features(torch.zeros(1, 4), torch.zeros(10, 4))
 
 
+@pytest.mark.fast
 def test_streamed_stats_equal_numpy():
     rng = np.random.default_rng(0)
     f = torch.from_numpy(rng.normal(size=(1000, 8)) * 3 + 1)
@@ -51,6 +55,7 @@ def test_streamed_stats_equal_numpy():
     assert stats.n == 1000 and torch.allclose(stats.kept.double(), f[:300], atol=1e-5)
 
 
+@pytest.mark.fast
 def test_seed_noise_is_per_sample():
     full = seed_noise(3, range(10), (2, 4))
     assert torch.equal(full[4:7], seed_noise(3, [4, 5, 6], (2, 4)))
@@ -58,17 +63,16 @@ def test_seed_noise_is_per_sample():
 
 
 def test_results_independent_of_batch_size():
-    import methods  # noqa: F401
     from bench.registry import METHODS
 
     teacher = load_teacher("gmm2d")
     extractor = get_extractor("points")
-    ref = Reference.from_features(extractor(teacher.reference()))
+    ref = ReferenceStats.from_features(extractor(teacher.dataset()))
     cls = METHODS.get("ddim")
     sampler = cls(teacher, cls.Config(), torch.device("cpu")).sampler(4)
     dev = torch.device("cpu")
-    e7 = evaluate(sampler, 4, teacher.sample_shape, ref, extractor, 300, 5, 7, dev)
-    e64 = evaluate(sampler, 4, teacher.sample_shape, ref, extractor, 300, 5, 64, dev)
+    e7 = evaluate(sampler, SampleSpec(teacher.sample_shape, 300, 5, 7, dev), ref, extractor)
+    e64 = evaluate(sampler, SampleSpec(teacher.sample_shape, 300, 5, 64, dev), ref, extractor)
     assert torch.allclose(e7.samples, e64.samples, atol=1e-6)
     assert e7.fid == pytest.approx(e64.fid, abs=1e-5)
     assert e7.kid == pytest.approx(e64.kid, abs=1e-5)
@@ -77,6 +81,7 @@ def test_results_independent_of_batch_size():
     assert (e7.batch_size, e64.batch_size) == (7, 64)
 
 
+@pytest.mark.fast
 def test_generate_timing_is_per_image():
     calls = []
 
@@ -84,7 +89,7 @@ def test_generate_timing_is_per_image():
         calls.append(len(noise))
         return noise * 0
 
-    gen = generate(sampler, (3,), 10, 0, 4, torch.device("cpu"))
+    gen = generate(sampler, SampleSpec((3,), 10, 0, 4, torch.device("cpu")))
     assert calls == [4, 4, 4, 2]  # one warm-up batch, then the three real ones
     assert gen.samples.shape == (10, 3) and gen.seconds_per_image >= 0 and gen.batch_size == 4
 

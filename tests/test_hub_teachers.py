@@ -3,7 +3,6 @@ import os
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 import torch
@@ -11,7 +10,7 @@ from diffusers import DDPMPipeline, DDPMScheduler
 
 from bench.errors import BenchError
 from bench.teachers import load_teacher
-from bench.teachers.diffusers_teacher import sha256_of
+from bench.files import sha256_of
 from conftest import tiny_unet
 
 

@@ -1,9 +1,8 @@
-"""`bench perf` and the GPU path's options, exercised on the CPU with tiny settings.
+"""`bench perf` (the perf package) and the GPU-machine scripts, exercised on the CPU with tiny settings.
 
 The figures here are meaningless (a loaded 2-core machine); what is tested is that every
-section runs, prints and logs under the documented names, and that each GPU option is a
-no-op or works on the CPU. ``BENCH_COMPILE_BACKEND=eager`` runs the torch.compile wiring
-without inductor's minute-long C++ builds.
+section runs, prints and logs under the documented names. ``BENCH_COMPILE_BACKEND=eager`` runs
+the torch.compile wiring without inductor's minute-long C++ builds.
 """
 import json
 import os
@@ -15,22 +14,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from bench import accel
 from bench.cli import main
-from bench.errors import BenchError
-from bench.method import DistillContext
-from bench.perf import PerfConfig, run_perf
-from bench.teachers import load_teacher
-from methods.boot import BOOT, BOOTConfig
+from perf.config import PerfConfig
+from perf.measure import run_perf
 
 ROOT = Path(__file__).resolve().parent.parent
-CPU = torch.device("cpu")
 TINY = dict(batch_size=4, steps=2, blocks=1, warmup=1, sample_batch_size=8, repeats=1,
             eval_samples=70, reference_samples=70, reference_steps=2)
-
-
-def _ctx(tmp_path):
-    return DistillContext(log=lambda m, s: None, device=CPU, seed=0, workdir=tmp_path, progress=False)
 
 
 def test_perf_logs_one_mlflow_run(tracking_uri):
@@ -79,9 +69,29 @@ def test_gpu_script_runs_on_cpu_without_mlflow(tmp_path):
 def test_perf_bad_input_is_one_line(capsys):
     assert main(["perf", "--arch", "nope", "--no-mlflow"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("bench: error: unknown --arch 'nope'")
-    with pytest.raises(BenchError, match="--methods"):
-        PerfConfig(methods=("ddim",))
+    assert len(err) == 1 and "arch must be one of cifar10" in err[0], err
+    assert main(["perf", "--methods", "nope", "--sections", "sample", "--no-mlflow"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert "unknown method 'nope'; known: boot" in err[-1], err
+    with pytest.raises(ValueError, match="--methods"):
+        PerfConfig(methods=())
+
+
+def test_every_method_is_timed_through_the_registry(tmp_path):
+    """Sampling rows come from each method's own samplers (at the NFEs it serves), training
+    rows from each method that has a training stage: nothing in perf/ names a method."""
+    cfg = PerfConfig(sections=("train", "sample"), methods=("ddim", "boot", "progressive"),
+                     nfe=(1, 2, 50), **TINY)
+    metrics = run_perf(cfg, mlflow=False)
+    assert {"sample_images_per_second_ddim_1step", "sample_images_per_second_ddim_50step",
+            "sample_images_per_second_boot_1step", "sample_images_per_second_progressive_2step",
+            "sample_images_per_second_ddim_50", "boot_train_images_per_second",
+            "progressive_train_images_per_second"} <= set(metrics)
+    assert "sample_images_per_second_boot_2step" not in metrics  # BOOT has no 2-step sampler
+    assert not any(k.startswith("ddim_train") for k in metrics)  # DDIM does not train
+    # the ratio is the first listed method's one-step sampler against the teacher's DDIM-50
+    ratio = metrics["sample_images_per_second_ddim_1step"] / metrics["sample_images_per_second_ddim_50"]
+    assert metrics["sample_ratio_1step_vs_ddim50"] == pytest.approx(ratio, rel=1e-9)
 
 
 @pytest.mark.parametrize("arch,params_m,gflop", [("cifar10", 35.7, 12.4), ("lsun_bedroom", 113.7, 497.0)])
@@ -90,7 +100,7 @@ def test_architectures_match_the_hub_models(arch, params_m, gflop):
     are counted on the meta device, so no memory or compute is spent."""
     from types import SimpleNamespace
 
-    from bench.perf_models import forward_flops, make_unet
+    from perf.models import forward_flops, make_unet
     from bench.teachers.diffusers_teacher import _UNetNet
 
     with torch.device("meta"):
@@ -99,62 +109,6 @@ def test_architectures_match_the_hub_models(arch, params_m, gflop):
     size = unet.config.sample_size
     teacher = SimpleNamespace(net=_UNetNet(unet), sample_shape=(3, size, size))
     assert forward_flops(teacher) / 1e9 == pytest.approx(gflop, rel=0.01)
-
-
-def test_training_flags_run_on_cpu(tmp_path, monkeypatch):
-    """channels_last, gradient checkpointing, the fused optimiser and compile together, on
-    a tiny diffusers UNet: training runs, the names of the weights are unchanged, the options took."""
-    from diffusers import DDPMScheduler
-
-    from bench.teachers.base import Provenance
-    from bench.teachers.diffusers_teacher import unet_teacher
-    from conftest import tiny_unet
-
-    monkeypatch.setenv("BENCH_COMPILE_BACKEND", "eager")
-    teacher = unet_teacher(tiny_unet().requires_grad_(False), DDPMScheduler(), Provenance("tiny"))
-    m = BOOT(teacher, BOOTConfig(iterations=2, batch_size=4, eval_every=0, checkpoint_every=0,
-                                 compile=True, channels_last=True, grad_checkpointing=True,
-                                 fused_optimizer="on"), CPU)
-    keys = list(m.student.state_dict())
-    from bench.train import Trainer
-
-    trainer = Trainer(m.student, m.config, _ctx(tmp_path), frozen=(teacher.net,))
-    cost = trainer.fit(m.loss)
-    assert cost["train_iterations"] == 2
-    assert list(m.student.state_dict()) == keys  # in-place compile keeps checkpoints loadable
-    assert trainer.opt.param_groups[0]["fused"] is True
-    assert m.student.net.unet.is_gradient_checkpointing
-    conv = m.student.net.unet.conv_in.weight
-    assert conv.is_contiguous(memory_format=torch.channels_last)
-    assert all(torch.isfinite(p).all() for p in m.student.parameters())
-
-
-def test_fused_auto_is_cuda_only_and_checkpointing_needs_a_unet():
-    assert accel.use_fused("auto", CPU) is False and accel.use_fused("on", CPU) is True
-    assert accel.use_fused("auto", torch.device("cuda")) is True
-    with pytest.raises(BenchError, match="fused_optimizer"):
-        accel.use_fused("maybe", CPU)
-    with pytest.raises(BenchError, match="grad_checkpointing needs a diffusers network"):
-        accel.enable_grad_checkpointing(torch.nn.Linear(2, 2))
-
-
-def test_compile_without_a_cpp_compiler_fails_in_one_line(monkeypatch):
-    monkeypatch.setenv("BENCH_COMPILE_BACKEND", "inductor")
-    monkeypatch.setattr(accel.shutil, "which", lambda name: None)
-    with pytest.raises(BenchError, match="needs a C\\+\\+ compiler.*BENCH_COMPILE_BACKEND=eager"):
-        accel.check_compile(CPU)
-
-
-def test_compiled_one_step_sampler_matches_eager(monkeypatch):
-    monkeypatch.setenv("BENCH_COMPILE_BACKEND", "eager")
-    teacher = load_teacher("digits")
-    noise = torch.randn(6, *teacher.sample_shape, generator=torch.Generator().manual_seed(0))
-    eager = BOOT(teacher, BOOTConfig(), CPU)
-    fast = BOOT(teacher, BOOTConfig(compile=True), CPU)
-    with torch.no_grad():
-        a, b = eager.sampler(1)(noise), fast.sampler(1)(noise)
-    assert torch.allclose(a, b, atol=1e-6)
-    assert fast.sampler(1) is not None and fast._fast[0] is fast.ema  # compiled once, reused
 
 
 def _wheel(path: Path, files: dict[str, str]) -> Path:

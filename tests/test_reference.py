@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from bench.errors import BenchError
-from bench.evaluator import evaluate, fid_from_stats
+from bench.evaluator import SampleSpec, evaluate, fid_from_stats
 from bench.features import get_extractor
 from bench.reference import build_reference
 from bench.teachers import load_teacher
@@ -15,7 +15,8 @@ CPU = torch.device("cpu")
 
 
 def _build(spec, teacher, extractor, n=300, counter=None):
-    return build_reference(spec, teacher, extractor, n, 16, 0, 100, CPU, counter or (lambda w: None))
+    return build_reference(spec, teacher, extractor, n=n, steps=16, seed=0, batch_size=100, device=CPU,
+                           on_compute=(lambda: counter("computed")) if counter else None)
 
 
 def test_cache_hit_does_not_recompute():
@@ -38,7 +39,7 @@ def test_cache_hit_does_not_recompute():
 def test_auto_is_data_when_registered_else_teacher():
     teacher, extractor = load_teacher("gmm2d"), get_extractor("points")
     assert _build("auto", teacher, extractor).n == 20_000
-    teacher.reference = None
+    teacher.dataset = None
     assert _build("auto", teacher, extractor).n == 300
     with pytest.raises(BenchError, match="no registered data set"):
         _build("data", teacher, extractor)
@@ -82,7 +83,6 @@ def test_folder_of_wrong_size_is_a_clear_error(tmp_path):
 
 
 def test_stats_file_reference(tmp_path):
-    import methods  # noqa: F401
     from bench.registry import METHODS
 
     teacher, extractor = load_teacher("gmm2d"), get_extractor("points")
@@ -90,8 +90,8 @@ def test_stats_file_reference(tmp_path):
     np.savez(tmp_path / "ref.npz", mu=data.mu, sigma=data.sigma)
     stats = _build(f"stats:{tmp_path / 'ref.npz'}", teacher, extractor)
     sampler = METHODS.get("ddim")(teacher, METHODS.get("ddim").Config(), CPU).sampler(4)
-    a = evaluate(sampler, 4, (2,), data, extractor, 200, 0, 100, CPU)
-    b = evaluate(sampler, 4, (2,), stats, extractor, 200, 0, 100, CPU)
+    spec = SampleSpec((2,), 200, 0, 100, CPU)
+    a, b = evaluate(sampler, spec, data, extractor), evaluate(sampler, spec, stats, extractor)
     assert a.fid == pytest.approx(b.fid, rel=1e-9) and np.isnan(b.kid) and not np.isnan(a.kid)
     np.savez(tmp_path / "bad.npz", mu=np.zeros(3), sigma=np.eye(3))
     digits_ext = get_extractor("digits-cnn")
@@ -107,13 +107,49 @@ def test_unknown_reference_spec():
 
 
 def test_fid_needs_n_at_least_feature_dim():
-    import methods  # noqa: F401
     from bench.registry import METHODS
 
     teacher, extractor = load_teacher("digits"), get_extractor("digits-cnn")
     ref = _build("data", teacher, extractor)
     sampler = METHODS.get("ddim")(teacher, METHODS.get("ddim").Config(), CPU).sampler(1)
     with pytest.raises(BenchError, match=r"at least as many samples as feature dimensions \(64\).*--metrics kid"):
-        evaluate(sampler, 1, teacher.sample_shape, ref, extractor, 32, 0, 32, CPU)
-    ev = evaluate(sampler, 1, teacher.sample_shape, ref, extractor, 32, 0, 32, CPU, metrics=("kid",))
+        evaluate(sampler, SampleSpec(teacher.sample_shape, 32, 0, 32, CPU), ref, extractor)
+    ev = evaluate(sampler, SampleSpec(teacher.sample_shape, 32, 0, 32, CPU), ref, extractor, metrics=("kid",))
     assert np.isnan(ev.fid) and not np.isnan(ev.kid)
+
+
+def test_a_changed_teacher_folder_gets_a_fresh_reference(tmp_path):
+    """The stale-cache reproduction: editing scheduler_config.json in a --teacher-path folder
+    changes the teacher's samples, so the data-free reference must be recomputed, not read."""
+    import json
+
+    from diffusers import DDPMPipeline, DDPMScheduler
+
+    from conftest import tiny_unet
+
+    folder = tmp_path / "teacher"
+    DDPMPipeline(unet=tiny_unet(), scheduler=DDPMScheduler(beta_schedule="linear")).save_pretrained(folder)
+    extractor, calls = get_extractor("points"), []
+    first = _build("teacher", load_teacher("digits", path=str(folder)), extractor, n=32, counter=calls.append)
+    _build("teacher", load_teacher("digits", path=str(folder)), extractor, n=32, counter=calls.append)
+    assert calls == ["computed"]
+    config = folder / "scheduler" / "scheduler_config.json"
+    config.write_text(json.dumps({**json.loads(config.read_text()), "beta_end": 0.03}))
+    changed = _build("teacher", load_teacher("digits", path=str(folder)), extractor, n=32, counter=calls.append)
+    assert calls == ["computed", "computed"] and not np.array_equal(first.mu, changed.mu)
+    digits = load_teacher("digits")
+    a = _build("data", digits, extractor, counter=calls.append)
+    digits.dataset = lambda: torch.zeros(5, 1, 8, 8)  # another data set: another entry
+    b = _build("data", digits, extractor, counter=calls.append)
+    assert calls == ["computed"] * 4 and a.n == 1347 and b.n == 5
+
+
+def test_cache_ls_and_clear(tmp_path, capsys):
+    from bench.cli import main
+
+    _build("teacher", load_teacher("gmm2d"), get_extractor("points"), n=50)
+    assert main(["cache", "ls"]) == 0
+    out = capsys.readouterr().out.strip().splitlines()
+    assert len(out) == 1 and out[0].startswith("references") and "teacher analytic" in out[0] and "n=50" in out[0]
+    assert main(["cache", "clear"]) == 0 and "removed 1 cached file" in capsys.readouterr().out
+    assert main(["cache", "ls"]) == 0 and "is empty" in capsys.readouterr().out

@@ -22,6 +22,19 @@ def test_duplicate_rejected():
         reg.register("a")(object())
 
 
+def test_builtins_module_is_imported_once_on_first_use(tmp_path, monkeypatch):
+    import sys
+    import types
+
+    target = types.SimpleNamespace(reg=Registry("widget", builtins="widgets_zz"), loads=[])
+    monkeypatch.setitem(sys.modules, "widget_target_zz", target)
+    (tmp_path / "widgets_zz.py").write_text("import widget_target_zz as t\n"
+                                            "t.reg.register('w')(object())\nt.loads.append(1)\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert "w" in target.reg and list(target.reg) == ["w"] and len(target.reg) == 1
+    assert target.loads == [1]  # imported on first use, once
+
+
 def test_unknown_name_lists_known():
     reg = Registry("widget")
     reg.register("beta")(object())
@@ -31,9 +44,7 @@ def test_unknown_name_lists_known():
 
 
 def test_builtins_registered():
-    import bench.features  # noqa: F401
-    import bench.teachers  # noqa: F401
-    import methods  # noqa: F401
+    """The registries load their built-in entries on first use: nothing else has to import them."""
     from bench.registry import FEATURES, METHODS, TEACHERS
 
     assert {"gaussian", "gmm2d", "digits", "cifar10", "lsun_bedroom", "lsun_church", "celebahq"} <= set(TEACHERS)
@@ -56,4 +67,4 @@ def test_bench_ls_method_fields(capsys):
 
     assert main(["ls", "--method", "ddim"]) == 0
     out = capsys.readouterr().out
-    assert "--set spacing=<str>" in out and "default trailing" in out
+    assert "--set spacing=<trailing|leading|linspace>" in out and "default trailing" in out

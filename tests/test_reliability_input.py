@@ -1,6 +1,6 @@
 """Reliability: bad input is one clear line and exit status 2; nothing unsafe is ever loaded.
 
-Issue #9 rows "bad input" and "safety". Rows already covered elsewhere are not repeated:
+Cases covered elsewhere are not repeated:
 unknown teacher or method and NFE out of range (tests/test_run.py::test_bad_input_one_line),
 the sweep spec (tests/test_sweep*.py). `capfd` captures file descriptors, so a library that
 prints or logs beside our message fails the one-line check too.
@@ -115,7 +115,7 @@ def test_bad_resume_checkpoint(kind, tracking_uri, tmp_path, capfd):
     message = {"missing": "does not exist", "corrupt": "cannot be loaded as weights",
                "pickle": "cannot be loaded as weights", "wrong shape": "does not fit this model"}[kind]
     _one_line(["--method", "boot", "--teacher", "gmm2d", "--nfe", "1", "--num-samples", "20",
-               "--set", f"resume_from={ckpt}", "--tracking-uri", tracking_uri], capfd, message)
+               "--resume-from", str(ckpt), "--tracking-uri", tracking_uri], capfd, message)
     assert not marker.exists()
 
 

@@ -1,11 +1,9 @@
 """Reliability: a killed run resumes exactly; a diverging run stops with its last good state.
 
-Issue #9 rows "kill and resume" and "NaN or inf loss". The CLI tests run `bench run` as a
-subprocess on the exact gmm2d teacher with a few hundred BOOT steps; one thread per process
-keeps them quick when the machine is shared and makes the two runs compared bit for bit
-use the same reduction order.
+The CLI tests run `bench run` as a subprocess on the exact gmm2d teacher with a few hundred
+BOOT steps; one thread per process keeps them quick when the machine is shared and makes the
+two runs compared bit for bit use the same reduction order.
 """
-import os
 import re
 import signal
 import subprocess
@@ -17,25 +15,17 @@ import pytest
 import torch
 
 from bench import config as cfgs
+from bench.checkpoints import list_checkpoints, newest_checkpoint, read_checkpoint
 from bench.errors import BenchError
-from bench.method import DistillContext
-from bench.train import TrainConfig, Trainer, list_checkpoints, read_checkpoint
+from bench.method import DistillContext, TrainStage
+from bench.train import TrainConfig, Trainer
+from conftest import bench_env, run_bench
 
 CPU = torch.device("cpu")
 BOOT_ARGS = ["run", "--method", "boot", "--teacher", "gmm2d", "--num-samples", "200", "--nfe", "1",
              "--metrics", "fid", "--set", "iterations=160", "--set", "batch_size=32",
              "--set", "checkpoint_every=20", "--set", "eval_every=0", "--set", "log_every=5",
              "--quiet"]
-
-
-def _env():
-    return {**os.environ, "HF_HUB_OFFLINE": "1", "MLFLOW_DISABLE_TELEMETRY": "true",
-            "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-
-
-def _bench(args, cwd, **kw):
-    return subprocess.run([sys.executable, "-m", "bench", *args], cwd=cwd, env=_env(),
-                          capture_output=True, text=True, timeout=300, **kw)
 
 
 def _only_run(uri):
@@ -58,9 +48,9 @@ def test_kill_9_then_resume_equals_uninterrupted_run(tmp_path):
     ref_dir.mkdir(), dir_.mkdir()
     ref_uri, uri = f"sqlite:///{ref_dir / 'm.db'}", f"sqlite:///{dir_ / 'm.db'}"
     ref = subprocess.Popen([sys.executable, "-m", "bench", *BOOT_ARGS, "--tracking-uri", ref_uri],
-                           cwd=ref_dir, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                           cwd=ref_dir, env=bench_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     proc = subprocess.Popen([sys.executable, "-m", "bench", *BOOT_ARGS, "--tracking-uri", uri],
-                            cwd=dir_, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                            cwd=dir_, env=bench_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 240
     while not list((dir_ / "checkpoints").glob("*/checkpoint_*.pt")):  # mid-distillation
         assert proc.poll() is None and time.time() < deadline, "no checkpoint appeared"
@@ -73,7 +63,7 @@ def test_kill_9_then_resume_equals_uninterrupted_run(tmp_path):
     _, run = _only_run(uri)
     assert run.info.status == "RUNNING"  # kill -9 leaves no chance to mark it
 
-    resumed = _bench([*BOOT_ARGS, "--tracking-uri", uri, "--resume"], dir_)
+    resumed = run_bench([*BOOT_ARGS, "--tracking-uri", uri, "--resume"], dir_)
     assert resumed.returncode == 0, resumed.stderr
     assert f"resuming MLflow run {ckpt_dir.name} from checkpoint" in resumed.stderr
     out, err = ref.communicate(timeout=300)
@@ -93,45 +83,43 @@ def test_kill_9_then_resume_equals_uninterrupted_run(tmp_path):
 def test_resume_without_interrupted_run_starts_fresh_and_bad_ids_fail(tracking_uri, tmp_path):
     args = ["run", "--teacher", "gmm2d", "--nfe", "1", "--num-samples", "50", "--metrics", "fid",
             "--tracking-uri", tracking_uri, "--quiet"]
-    done = _bench([*args, "--resume"], tmp_path)
+    done = run_bench([*args, "--resume"], tmp_path)
     assert done.returncode == 0 and "starting a new one" in done.stderr, done.stderr
     client, run = _only_run(tracking_uri)
     for rid, message in [("0" * 32, "no such MLflow run"), (run.info.run_id, "already finished")]:
-        bad = _bench([*args, "--resume", rid], tmp_path)
+        bad = run_bench([*args, "--resume", rid], tmp_path)
         lines = bad.stderr.strip().splitlines()
         assert bad.returncode == 2 and len(lines) == 1 and message in lines[0], bad.stderr
 
 
-def _trainer(tmp_path, **overrides):
+def _trainer(tmp_path, loss=None, **overrides):
+    """A Trainer of a linear model; ``loss(model)`` makes its loss (default: _loss())."""
     torch.manual_seed(0)
     model = torch.nn.Linear(4, 4)
     cfg = cfgs.replace(TrainConfig(), {"iterations": 12, "lr": 1e-2, "checkpoint_every": 4,
                                        "keep_checkpoints": 5, "ema_decay": 0.9, **overrides})
-    return Trainer(model, cfg, DistillContext(log=lambda m, s: None, device=CPU, workdir=tmp_path,
-                                              progress=False))
+    return Trainer(TrainStage(model, (loss or _loss())(model), cfg),
+                   DistillContext(log=lambda m, s: None, device=CPU, workdir=tmp_path, progress=False))
 
 
-def _step_fn(bad_at=None):
-    def step(it, gen):
-        x = torch.randn(8, 4, generator=gen)
-        out = step.model(x)
-        return out.pow(2).mean(1) * (float("nan") if it == bad_at else 1.0), 1.0
-    return step
+def _loss(bad_at=None):
+    def make(model):
+        def loss(it, gen):
+            out = model(torch.randn(8, 4, generator=gen))
+            return out.pow(2).mean(1) * (float("nan") if it == bad_at else 1.0), 1.0
+        return loss
+    return make
 
 
 @pytest.mark.parametrize("grad_clip", [1.0, 0.0])
 def test_nan_loss_stops_with_last_good_checkpoint(tmp_path, grad_clip):
     clean = _trainer(tmp_path / "clean", grad_clip=grad_clip)
-    fn = _step_fn()
-    fn.model = clean.model
     for _ in range(7):  # the state after 7 good steps
-        clean._step(fn)
-    bad = _trainer(tmp_path / "bad", grad_clip=grad_clip)
-    fn = _step_fn(bad_at=7)
-    fn.model = bad.model
+        clean._step()
+    bad = _trainer(tmp_path / "bad", _loss(bad_at=7), grad_clip=grad_clip)
     with pytest.raises(BenchError, match=r"training diverged: loss is nan at step 7; the last good state "
                                          r"\(step 7\) is saved in .*checkpoint_0000007\.pt") as err:
-        bad.fit(fn)
+        bad.fit()
     assert "\n" not in str(err.value)
     state = read_checkpoint(tmp_path / "bad" / "checkpoint_0000007.pt")
     assert state["step"] == 7
@@ -142,17 +130,19 @@ def test_nan_loss_stops_with_last_good_checkpoint(tmp_path, grad_clip):
 def test_weights_gone_non_finite_point_to_the_newest_good_checkpoint(tmp_path):
     """Without clipping an overflowing gradient writes inf into the weights before the loss
     shows it; the error then names the newest checkpoint, which was checked finite."""
-    t = _trainer(tmp_path, grad_clip=0.0)
+    def make(model):
+        def loss(it, gen):
+            out = model(torch.randn(8, 4, generator=gen))
+            if it == 5:  # loss 0, gradient NaN (d sqrt(u) / du at u = 0 times d|v| / dv = 0)
+                return (out - out.detach()).abs().sqrt().mean(1), 1.0
+            return out.pow(2).mean(1), 1.0
+        return loss
 
-    def step(it, gen):
-        out = t.model(torch.randn(8, 4, generator=gen))
-        if it == 5:  # loss 0, gradient NaN (d sqrt(u) / du at u = 0 times d|v| / dv = 0)
-            return (out - out.detach()).abs().sqrt().mean(1), 1.0
-        return out.pow(2).mean(1), 1.0
+    t = _trainer(tmp_path, make, grad_clip=0.0)
 
     with pytest.raises(BenchError, match=r"training diverged: .* the last good checkpoint is "
                                          r".*checkpoint_0000004\.pt"):
-        t.fit(step)
+        t.fit()
     assert [p.name for p in list_checkpoints(tmp_path)] == ["checkpoint_0000004.pt"]
     state = read_checkpoint(tmp_path / "checkpoint_0000004.pt")
     assert all(torch.isfinite(v).all() for v in state["model"].values())
@@ -160,7 +150,7 @@ def test_weights_gone_non_finite_point_to_the_newest_good_checkpoint(tmp_path):
 
 def test_diverging_cli_run_fails_in_one_line_and_is_marked_failed(tmp_path):
     uri = f"sqlite:///{tmp_path / 'm.db'}"
-    proc = _bench(["run", "--method", "boot", "--teacher", "gmm2d", "--num-samples", "50",
+    proc = run_bench(["run", "--method", "boot", "--teacher", "gmm2d", "--num-samples", "50",
                    "--metrics", "fid", "--set", "iterations=100", "--set", "batch_size=16",
                    "--set", "lr=1e35", "--set", "eval_every=20", "--set", "eval_samples=50",
                    "--tracking-uri", uri, "--quiet"], tmp_path)
@@ -190,7 +180,6 @@ def test_progressive_resumes_across_rounds_bitwise(tmp_path, one_thread):
     2 (a finished round's student then comes from its file), resumed from the newest checkpoint."""
     from diffusers import DDPMScheduler
 
-    from bench.resume import latest_checkpoint
     from bench.teachers.base import Provenance
     from bench.teachers.diffusers_teacher import unet_teacher
     from conftest import tiny_unet
@@ -198,26 +187,27 @@ def test_progressive_resumes_across_rounds_bitwise(tmp_path, one_thread):
 
     teacher = unet_teacher(tiny_unet(), DDPMScheduler(num_train_timesteps=1000), Provenance("test"))
     data = torch.rand(64, 1, 8, 8, generator=torch.Generator().manual_seed(0)) * 2 - 1
-    teacher.reference = lambda: data
+    teacher.dataset = lambda: data
     base = dict(start_steps=8, end_steps=2, iterations=4, batch_size=4, checkpoint_every=2, log_every=1)
 
-    def distill(workdir, stop_at=None, **extra):
+    def distill(workdir, stop_at=None, resume_from=None):
         def log(metrics, step):
             if step == stop_at:
                 raise KeyboardInterrupt  # as a kill would, between two steps
-        m = Progressive(teacher, cfgs.replace(ProgressiveConfig(), {**base, **extra}), CPU)
-        return m, m.distill(DistillContext(log=log, device=CPU, workdir=workdir, progress=False))
+        m = Progressive(teacher, cfgs.replace(ProgressiveConfig(), base), CPU)
+        return m, m.distill(DistillContext(log=log, device=CPU, workdir=workdir, progress=False,
+                                           resume_from=resume_from))
 
     straight, cost = distill(tmp_path / "straight")
     for stop in (3, 7):
         workdir = tmp_path / f"stop{stop}"
         with pytest.raises(KeyboardInterrupt):
             distill(workdir, stop_at=stop)
-        ckpt = latest_checkpoint(workdir)
+        ckpt = newest_checkpoint(workdir)
         assert ckpt.name == f"checkpoint_{stop - 1:07d}.pt"
-        resumed, resumed_cost = distill(workdir, resume_from=str(ckpt))
+        resumed, resumed_cost = distill(workdir, resume_from=ckpt)
         for n in (4, 2):
-            for p, q in zip(straight.students[n].net.parameters(), resumed.students[n].net.parameters()):
+            for p, q in zip(straight.rounds[n].student.net.parameters(), resumed.rounds[n].student.net.parameters()):
                 assert torch.equal(p, q), (stop, n)
-        assert resumed_cost["teacher_nfe"] == cost["teacher_nfe"]
+        assert resumed_cost["teacher_forwards"] == cost["teacher_forwards"]
         assert resumed_cost["train_iterations"] == cost["train_iterations"] == 8

@@ -1,60 +1,36 @@
 """Reliability of tracking: a tracking server that dies mid-run, four runs on one sqlite store.
 
-Issue #9 rows "tracking server down" and "concurrency". The server is a real `mlflow server`
+A tracking server killed mid-run loses nothing; concurrent runs on one store all land. The server is a real `mlflow server`
 on 127.0.0.1 (a free port), stopped by its own process group, as a dead host would be.
 """
 import json
-import os
 import signal
-import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 
 from bench.errors import BenchError
-from bench.spool import Tracker, pending, spooled_status, sync
-
-
-def _env(**extra):
-    return {**os.environ, "HF_HUB_OFFLINE": "1", "MLFLOW_DISABLE_TELEMETRY": "true",
-            "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", "OMP_NUM_THREADS": "1",
-            "PYTHONUNBUFFERED": "1", **extra}
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from bench.spool import SpooledRun, pending, spooled_status, sync
+from conftest import bench_env, free_port, start_server, stop_group
 
 
 def _server(root: Path, port: int) -> subprocess.Popen:
-    proc = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--backend-store-uri",
-                             f"sqlite:///{root / 'server.db'}", "--host", "127.0.0.1", "--port", str(port),
-                             "--workers", "1"], cwd=root, env=_env(), start_new_session=True,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 120
-    while True:
-        try:
-            urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2)
-            return proc
-        except OSError:
-            assert proc.poll() is None and time.time() < deadline, "mlflow server did not come up"
-            time.sleep(0.5)
+    return start_server([sys.executable, "-m", "mlflow", "server", "--backend-store-uri",
+                         f"sqlite:///{root / 'server.db'}", "--host", "127.0.0.1", "--port", str(port),
+                         "--workers", "1"], root, f"http://127.0.0.1:{port}/health")
 
 
 def _stop(proc: subprocess.Popen) -> None:
-    os.killpg(proc.pid, signal.SIGKILL)  # the whole server (it forks workers), as a dead host
-    proc.wait(timeout=30)
+    stop_group(proc, signal.SIGKILL)  # the whole server (it forks workers), as a dead host
 
 
 def test_server_dies_mid_run_nothing_is_lost(tmp_path):
     from mlflow.tracking import MlflowClient
 
-    port = _free_port()
+    port = free_port()
     uri = f"http://127.0.0.1:{port}"
     server = _server(tmp_path, port)
     work = tmp_path / "work"
@@ -65,7 +41,7 @@ def test_server_dies_mid_run_nothing_is_lost(tmp_path):
             [sys.executable, "-m", "bench", "run", "--method", "boot", "--teacher", "gmm2d", "--nfe", "1",
              "--num-samples", "200", "--metrics", "fid", "--set", "iterations=120", "--set", "batch_size=32",
              "--set", "log_every=5", "--set", "checkpoint_every=10", "--tracking-uri", uri, "--quiet"],
-            cwd=work, env=_env(MLFLOW_HTTP_REQUEST_MAX_RETRIES="0"), stdout=subprocess.PIPE,
+            cwd=work, env=bench_env(MLFLOW_HTTP_REQUEST_MAX_RETRIES="0"), stdout=subprocess.PIPE,
             stderr=subprocess.PIPE, text=True)
         deadline = time.time() + 240
         while not list((work / "checkpoints").glob("*/checkpoint_*.pt")):
@@ -86,7 +62,7 @@ def test_server_dies_mid_run_nothing_is_lost(tmp_path):
 
     server = _server(tmp_path, port)  # the store comes back
     try:
-        synced = subprocess.run([sys.executable, "-m", "bench", "sync"], cwd=work, env=_env(),
+        synced = subprocess.run([sys.executable, "-m", "bench", "sync"], cwd=work, env=bench_env(),
                                 capture_output=True, text=True, timeout=120)
         assert synced.returncode == 0 and f"{len(events)} events synced" in synced.stdout, synced.stderr
         assert pending(spool) == 0
@@ -98,7 +74,7 @@ def test_server_dies_mid_run_nothing_is_lost(tmp_path):
         assert steps == list(range(5, 121, 5))  # every point, before and after the server died
         names = {f.path for f in client.list_artifacts(workdir.name)}
         assert {"student.safetensors", "summary.csv", "config.json"} <= names
-        again = subprocess.run([sys.executable, "-m", "bench", "sync", str(spool)], cwd=work, env=_env(),
+        again = subprocess.run([sys.executable, "-m", "bench", "sync", str(spool)], cwd=work, env=bench_env(),
                                capture_output=True, text=True, timeout=120)
         assert again.returncode == 0 and "0 events synced" in again.stdout  # never twice
     finally:
@@ -112,7 +88,7 @@ def test_sync_against_a_dead_store_says_where_data_waits(tmp_path):
 
         set_terminated = log_artifacts = log_batch
 
-    tracker = Tracker(Dead(), "r1", "http://127.0.0.1:9", tmp_path / "spool")
+    tracker = SpooledRun(Dead(), "r1", "http://127.0.0.1:9", tmp_path)
     tracker.log_params({"a": 1})
     tracker.log_metrics({"loss": 0.5}, step=3)
     (tmp_path / "art").mkdir()
@@ -132,7 +108,7 @@ def test_four_concurrent_runs_on_one_sqlite_store(tmp_path):
     procs = [subprocess.Popen([sys.executable, "-m", "bench", "run", "--method", "boot", "--teacher", "gmm2d",
                                "--nfe", "1", "--num-samples", "100", "--metrics", "fid", "--seed", str(seed),
                                "--set", "iterations=40", "--set", "batch_size=16", "--set", "log_every=1",
-                               "--tracking-uri", uri, "--quiet"], cwd=tmp_path, env=_env(),
+                               "--tracking-uri", uri, "--quiet"], cwd=tmp_path, env=bench_env(),
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
              for seed in range(4)]
     results = [p.communicate(timeout=300) for p in procs]

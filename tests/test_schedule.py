@@ -5,6 +5,8 @@ from diffusers import DDIMScheduler, DDPMScheduler
 from bench.errors import BenchError
 from bench.schedule import NoiseSchedule
 
+pytestmark = pytest.mark.fast
+
 
 @pytest.mark.parametrize("name, ours", [("linear", NoiseSchedule.linear), ("squaredcos_cap_v2", NoiseSchedule.cosine)])
 def test_schedules_match_diffusers(name, ours):

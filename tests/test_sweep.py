@@ -5,7 +5,6 @@ exact Gaussian teacher with an MLP student, so a trial takes a few seconds.
 """
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -13,6 +12,8 @@ import time
 from pathlib import Path
 
 import pytest
+
+from conftest import free_port, stop_group
 
 BENCH = [sys.executable, "-m", "bench"]
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "RAY_AUTH_MODE": "disabled", "MLFLOW_DISABLE_TELEMETRY": "true",
@@ -73,12 +74,6 @@ def test_local_sweep_nests_trials_and_tags_the_best(tmp_path):
     assert again.returncode == 2 and "add --resume" in again.stderr
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _ray_node(*args: str) -> subprocess.Popen:
     """``ray start --block`` in its own process group: stopping it stops that node only
     (``ray stop`` would stop every Ray process on the machine)."""
@@ -86,18 +81,6 @@ def _ray_node(*args: str) -> subprocess.Popen:
     return subprocess.Popen([ray, "start", "--block", "--node-ip-address=127.0.0.1", "--num-cpus=1",
                              "--disable-usage-stats", *args], env=ENV, start_new_session=True,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-
-
-def _stop(proc: subprocess.Popen) -> None:
-    for sig, wait in ((signal.SIGTERM, 20), (signal.SIGKILL, 10)):
-        try:
-            os.killpg(proc.pid, sig)
-            proc.wait(wait)
-            return
-        except ProcessLookupError:
-            return
-        except subprocess.TimeoutExpired:
-            continue
 
 
 def _wait_for_nodes(address: str, n: int, timeout: float = 90) -> None:
@@ -112,7 +95,7 @@ def _wait_for_nodes(address: str, n: int, timeout: float = 90) -> None:
 
 
 def test_two_node_cluster_on_loopback(tmp_path):
-    port = _free_port()
+    port = free_port()
     address = f"127.0.0.1:{port}"
     temp = tempfile.mkdtemp(prefix="ray", dir="/tmp")  # Ray's socket paths must stay short
     head = _ray_node("--head", f"--port={port}", "--include-dashboard=false", f"--temp-dir={temp}")
@@ -134,7 +117,7 @@ def test_two_node_cluster_on_loopback(tmp_path):
     finally:
         for node in (worker, head):
             if node is not None:
-                _stop(node)
+                stop_group(node)
 
 
 def _descendants(pid: int) -> list[int]:

@@ -19,7 +19,7 @@ HUB_TEACHERS = {
     "lsun_church": "google/ddpm-ema-church-256",
     "celebahq": "google/ddpm-ema-celebahq-256",
 }
-REFERENCE_SIZE = 20_000  # exact draws for the analytic teachers' FID reference
+DATASET_SIZE = 20_000  # exact draws: the analytic teachers' data set (FID reference, training data)
 
 
 def _analytic(name: str, means, stds, weights, path: Optional[str]) -> Teacher:
@@ -27,8 +27,8 @@ def _analytic(name: str, means, stds, weights, path: Optional[str]) -> Teacher:
         raise BenchError(f"teacher {name!r} is analytic and takes no --teacher-path; drop it")
     teacher = mixture_teacher(means, stds, weights, name=name)
     teacher.features = "points"
-    # a fixed seed: the reference sample is part of the teacher's definition
-    teacher.reference = lambda: sample_mixture(means, stds, weights, REFERENCE_SIZE,
+    # a fixed seed: the data set is part of the teacher's definition
+    teacher.dataset = lambda: sample_mixture(means, stds, weights, DATASET_SIZE,
                                                torch.Generator().manual_seed(12345)).float()
     return teacher
 
@@ -57,7 +57,7 @@ def digits(path: Optional[str] = None, device: str = "cpu") -> Teacher:
     teacher = load_unet_folder(root, source, "" if path else f"distill-bench {__version__}",
                                name="digits", device=device)
     teacher.features = "digits-cnn"
-    teacher.reference = lambda: digits_split("train")[0]
+    teacher.dataset = lambda: digits_split("train")[0]
     return teacher
 
 

@@ -4,10 +4,14 @@ A teacher wraps a network that predicts one of eps, x0 ('sample') or v in its na
 parameterisation; the adapter converts it at call time so every method sees the same
 ``predict(x_t, t) -> (x0, eps)`` pair. Both are derived from the native output directly
 (never x0 -> eps -> x0), so an x0-predicting teacher keeps full precision at alpha_t ~ 0.
+Students may also use Salimans & Ho's "both" output (``x_and_epsilon``, sec. 4): two heads,
+x~ and eps~, merged as x0 = sigma_t^2 x~ + alpha_t (x_t - sigma_t eps~), which is stable at
+both ends of the schedule.
 """
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 from typing import Callable, Optional
 
 import torch
@@ -15,7 +19,9 @@ from torch import nn
 
 from bench.schedule import NoiseSchedule
 
-PREDICTION_TYPES = ("epsilon", "sample", "v_prediction")
+PREDICTION_TYPES = ("epsilon", "sample", "v_prediction", "x_and_epsilon")
+_FIELDS = ("net", "schedule", "prediction_type", "sample_shape", "provenance", "clip_x0", "data_range",
+           "num_classes", "is_image", "features", "dataset", "autocast")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -36,8 +42,12 @@ class Teacher(nn.Module):
     Attributes used by methods and the evaluator: ``schedule`` (alpha_t, sigma_t on the
     teacher's grid), ``sample_shape`` (C, H, W) or (D,), ``clip_x0`` and ``data_range``
     (x0 predictions are clipped to it, as DDPM schedulers do, because f = (x - sigma e)/alpha
-    explodes where alpha_t is tiny), ``num_classes`` (None if unconditional), ``provenance``, and for the
-    evaluator ``features`` (a FEATURES name) and ``reference`` (returns reference samples).
+    explodes where alpha_t is tiny), ``num_classes`` (None if unconditional), ``provenance``,
+    and for the evaluator ``features`` (a FEATURES name) and ``dataset`` (returns the data
+    set the teacher was trained on, or None: references then come from the teacher itself).
+    ``autocast``: whether the network may run in an enclosing autocast's lower precision.
+    Frozen teachers run in float32 even inside a bf16 training step (False, the default), so
+    training targets are as exact as the fp32 evaluation; students set it to True.
     """
 
     def __init__(
@@ -52,7 +62,8 @@ class Teacher(nn.Module):
         num_classes: Optional[int] = None,
         is_image: bool = True,
         features: str = "inception-v3-compat",
-        reference: Optional[Callable[[], torch.Tensor]] = None,
+        dataset: Optional[Callable[[], torch.Tensor]] = None,
+        autocast: bool = False,
     ):
         super().__init__()
         if prediction_type not in PREDICTION_TYPES:
@@ -67,18 +78,35 @@ class Teacher(nn.Module):
         self.num_classes = num_classes
         self.is_image = is_image
         self.features = features  # name in FEATURES used for FID/KID
-        self.reference = reference  # real data for FID, or None: the teacher's own samples
+        self.dataset = dataset  # real data for FID and data-based methods, or None
+        self.autocast = autocast
 
-    def replace(self, net=None, clip_x0: Optional[bool] = None) -> "Teacher":
-        """The same teacher (schedule, shape, provenance, evaluation spec) with another network
-        or clipping. Never ``copy.copy`` a Module: the copy shares its submodule dict."""
-        return Teacher(self.net if net is None else net, self.schedule, self.prediction_type,
-                       self.sample_shape, self.provenance, self.clip_x0 if clip_x0 is None else clip_x0,
-                       self.data_range, self.num_classes, self.is_image, self.features, self.reference)
+    def replace(self, **changes) -> "Teacher":
+        """The same teacher with some attributes changed (e.g. another ``net``). Never
+        ``copy.copy`` a Module: the copy shares its submodule dict."""
+        unknown = set(changes) - set(_FIELDS)
+        if unknown:
+            raise TypeError(f"Teacher has no attribute(s) {', '.join(sorted(unknown))}")
+        return Teacher(**{**{k: getattr(self, k) for k in _FIELDS}, **changes})
 
     @property
     def T(self) -> int:
         return self.schedule.T
+
+    def fingerprint(self) -> dict:
+        """Everything that defines this teacher's predictions, for cache keys: provenance,
+        parameterisation, clipping, shape, the schedule, and the network (architecture and
+        state; a file's sha256 stands for the state where the weights came from a file)."""
+        net = hashlib.sha256(repr(self.net).encode())
+        if not self.provenance.sha256 and isinstance(self.net, nn.Module):
+            for key, value in self.net.state_dict().items():  # analytic parameters, in-memory nets
+                net.update(key.encode())
+                net.update(value.detach().cpu().contiguous().numpy().tobytes())
+        schedule = hashlib.sha256(self.schedule.alphas_cumprod.numpy().tobytes()).hexdigest()
+        return {**dataclasses.asdict(self.provenance), "prediction_type": self.prediction_type,
+                "clip_x0": self.clip_x0, "data_range": list(self.data_range),
+                "sample_shape": list(self.sample_shape), "num_classes": self.num_classes,
+                "schedule": schedule[:16], "net": net.hexdigest()[:16]}
 
     def coefficients(self, t: torch.Tensor, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """alpha_t, sigma_t shaped to broadcast against ``like`` (computed in float64)."""
@@ -88,10 +116,18 @@ class Teacher(nn.Module):
         s = self.schedule.sigma(t.cpu()).to(like.device, like.dtype).view(view)
         return a, s
 
+    def _net(self, x_t: torch.Tensor, t: torch.Tensor, cond) -> torch.Tensor:
+        if self.autocast:
+            return self.net(x_t, t, cond)
+        with torch.autocast(x_t.device.type, enabled=False):  # a no-op outside an autocast region
+            return _full(self.net(_full(x_t), t, cond))
+
     def predict(self, x_t: torch.Tensor, t, cond=None) -> tuple[torch.Tensor, torch.Tensor]:
         """(x0-prediction f, eps-prediction e) for x_t at step t; f clipped if ``clip_x0``."""
         t = torch.as_tensor(t, dtype=torch.float32, device=x_t.device).expand(x_t.shape[0])
-        out = self.net(x_t, t, cond)
+        out = self._net(x_t, t, cond)
+        if not self.autocast:
+            x_t = _full(x_t)
         a, s = self.coefficients(t, x_t)
         if self.prediction_type == "epsilon":
             eps = out
@@ -99,9 +135,13 @@ class Teacher(nn.Module):
         elif self.prediction_type == "sample":
             x0 = out
             eps = (x_t - a * x0) / s.clamp(min=1e-12)
-        else:  # v = alpha eps - sigma x0 (Salimans & Ho 2022, sec. 4)
+        elif self.prediction_type == "v_prediction":  # v = alpha eps - sigma x0 (Salimans & Ho 2022, sec. 4)
             x0 = a * x_t - s * out
             eps = s * x_t + a * out
+        else:  # x_and_epsilon: x~ and eps~ in the two halves of the channels, merged (sec. 4)
+            x_head, eps_head = out.chunk(2, dim=1)
+            x0 = s ** 2 * x_head + a * (x_t - s * eps_head)
+            eps = (x_t - a * x0) / s.clamp(min=1e-12)
         if self.clip_x0:
             lo, hi = self.data_range
             x0_clipped = x0.clamp(lo, hi)
@@ -118,3 +158,8 @@ class Teacher(nn.Module):
 
     def forward(self, x_t, t, cond=None) -> torch.Tensor:
         return self.eps(x_t, t, cond)
+
+
+def _full(x: torch.Tensor) -> torch.Tensor:
+    """x in float32 unless it is already float32 or float64 (exact teachers compute in float64)."""
+    return x if x.dtype in (torch.float32, torch.float64) else x.float()

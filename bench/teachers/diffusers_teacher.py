@@ -8,26 +8,18 @@ loaded. Both layouts are accepted: a pipeline folder with ``unet/`` and ``schedu
 """
 from __future__ import annotations
 
-import hashlib
 import logging
 from pathlib import Path
 from typing import Optional
 
 import torch
 
-from bench.errors import BenchError
+from bench.errors import BenchError, first_line
+from bench.files import sha256_of
 from bench.schedule import NoiseSchedule
 from bench.teachers.base import Provenance, Teacher
 
 WEIGHT_FILES = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin")
-
-
-def sha256_of(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def resolve_hub_dir(hub_id: str, name: str) -> tuple[Path, str]:
@@ -94,8 +86,7 @@ def _load_failure(exc: BaseException) -> str:
         return f"the weights do not fit its config.json ({mismatch[:240]})"
     while exc.__cause__ or exc.__context__:
         exc = exc.__cause__ or exc.__context__
-    first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-    return f"the weights file is unreadable ({type(exc).__name__}: {first[:200]})"
+    return f"the weights file is unreadable ({type(exc).__name__}: {first_line(exc, 200)})"
 
 
 def unet_teacher(unet, scheduler, provenance: Provenance,

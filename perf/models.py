@@ -15,6 +15,7 @@ from typing import Optional
 import torch
 
 from bench.teachers.base import Provenance, Teacher
+from perf.config import ARCH_NAMES
 
 _DDPM_UNET = dict(in_channels=3, out_channels=3, layers_per_block=2, attention_head_dim=None,
                   norm_eps=1e-6, norm_num_groups=32, downsample_padding=0, flip_sin_to_cos=False,
@@ -31,6 +32,7 @@ ARCHS = {
                          up_block_types=("UpBlock2D", "AttnUpBlock2D") + ("UpBlock2D",) * 4),
 }
 ARCHS["lsun_church"] = ARCHS["celebahq"] = ARCHS["lsun_bedroom"]  # the same 256px DDPM network
+assert tuple(ARCHS) == ARCH_NAMES
 
 # bf16 dense tensor-core peaks from the vendors' data sheets (SXM parts), in FLOP/s. The
 # DESIGN.md anchor measured ~800 TFLOP/s of bf16 matmul on an H100: MFU is against the
@@ -71,9 +73,9 @@ def load(teacher: Optional[str], arch: Optional[str], device: torch.device) -> t
 
 def forward_flops(teacher: Teacher, batch: int = 1) -> float:
     """FLOPs of one network forward at ``batch``, counted on the meta device (no compute)."""
-    from torch.utils.flop_counter import FlopCounterMode
-
     import copy
+
+    from torch.utils.flop_counter import FlopCounterMode
 
     net = copy.deepcopy(teacher.net).to("meta")
     x = torch.empty((batch,) + teacher.sample_shape, device="meta")

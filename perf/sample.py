@@ -1,10 +1,10 @@
 """Sampling throughput by method and NFE, evaluator throughput and the reference-cache speed-up.
 
 Samplers run interleaved on one noise batch (warm-up first, device synchronised, median of
-repeats), so machine noise hits them alike and their ratio is what we report. The one-step
-student is the method's freshly built one: weights do not change the cost. Progressive
-distillation's k-step sampler is DDIM-k on a copy of the teacher's network, so its cost is
-the ``ddim_k`` row.
+repeats), so machine noise hits them alike and their ratio is what we report. Each method's
+samplers are those of a freshly built method (weights do not change the cost; an untrained
+progressive distillation samples with its teacher, which costs what its students cost). The
+baseline is the teacher's own DDIM-k (``ddim_k``), the sampler of the core, not of a method.
 """
 from __future__ import annotations
 
@@ -16,6 +16,8 @@ import time
 from typing import Callable, Iterator, Sequence
 
 import torch
+
+from bench.errors import BenchError
 
 
 def _timed(fn: Callable, noise: torch.Tensor, device: torch.device, bf16: bool) -> float:
@@ -29,25 +31,37 @@ def _timed(fn: Callable, noise: torch.Tensor, device: torch.device, bf16: bool) 
     return time.perf_counter() - start
 
 
-def samplers(teacher, device: torch.device, nfes: Sequence[int], compiled: bool) -> dict[str, Callable]:
-    """BOOT's one-step sampler (eager, and compiled if asked) and the teacher's DDIM-k."""
-    from methods.boot import BOOT
-    from methods.ddim import DDIM
+def samplers(methods: Sequence[str], teacher, device: torch.device, nfes: Sequence[int],
+             compiled: bool) -> dict[str, Callable]:
+    """``{method}_{k}step`` for every method and every NFE of ``nfes`` it serves (one-step ones
+    also torch.compiled if asked: ``..._compiled``), and the teacher's DDIM-k as ``ddim_k``."""
+    from bench.accel import compiled_sampler
+    from bench.registry import METHODS
+    from bench.sampling import teacher_sampler
 
-    out = {"boot_1step": BOOT(teacher, BOOT.Config(), device).sampler(1)}
-    if compiled:
-        out["boot_1step_compiled"] = BOOT(teacher, BOOT.Config(compile=True), device).sampler(1)
-    ddim = DDIM(teacher, DDIM.Config(), device)
+    out: dict[str, Callable] = {}
+    for name in methods:
+        cls = METHODS.get(name)
+        method = cls(teacher, cls.Config(), device)
+        for k in nfes:
+            try:
+                method.check_nfe(k)
+            except BenchError:
+                continue
+            out[f"{name}_{k}step"] = method.sampler(k)
+            if compiled and k == 1:
+                out[f"{name}_{k}step_compiled"] = compiled_sampler(method.sampler(k), device)
     for k in nfes:
-        out[f"ddim_{k}"] = ddim.sampler(k)
+        out[f"ddim_{k}"] = teacher_sampler(teacher, k)
     return out
 
 
-def measure_sampling(teacher, device: torch.device, nfes: Sequence[int], batch: int, repeats: int,
-                     compiled: bool, bf16: bool) -> dict[str, float]:
+def measure_sampling(methods: Sequence[str], teacher, device: torch.device, nfes: Sequence[int],
+                     batch: int, repeats: int, compiled: bool, bf16: bool) -> dict[str, float]:
     """Images/s of every sampler at ``batch``; the first call of each is the warm-up (and,
-    for a compiled sampler, the compile: reported as ``compile_seconds``)."""
-    fns = samplers(teacher, device, nfes, compiled)
+    for a compiled sampler, the compile: reported as ``compile_seconds``). The ratio is the
+    first method's one-step sampler against the teacher's DDIM-50."""
+    fns = samplers(methods, teacher, device, nfes, compiled)
     noise = torch.randn((batch,) + teacher.sample_shape, generator=torch.Generator().manual_seed(0)).to(device)
     out: dict[str, float] = {}
     for name, fn in fns.items():
@@ -61,8 +75,9 @@ def measure_sampling(teacher, device: torch.device, nfes: Sequence[int], batch: 
             times[name].append(_timed(fn, noise, device, bf16))
     for name, ts in times.items():
         out[f"images_per_second_{name}"] = batch / statistics.median(ts)
-    if "ddim_50" in fns:
-        out["ratio_1step_vs_ddim50"] = statistics.median(times["ddim_50"]) / statistics.median(times["boot_1step"])
+    one_step = next((f"{m}_1step" for m in methods if f"{m}_1step" in fns), None)
+    if one_step and "ddim_50" in fns:
+        out["ratio_1step_vs_ddim50"] = statistics.median(times["ddim_50"]) / statistics.median(times[one_step])
     return out
 
 
@@ -83,25 +98,27 @@ def _fresh_cache() -> Iterator[None]:
 
 def measure_evaluation(device: torch.device, n: int, ref_n: int, ref_steps: int, batch: int,
                        repeats: int = 2) -> dict[str, float]:
-    """Two evaluations of BOOT's one-step sampler on the digits teacher, as ``bench run`` does
-    them: data-free reference (the teacher's DDIM samples) then FID/KID/PR on n samples.
-    The first builds the reference, the later ones read it from the cache."""
-    from bench.evaluator import evaluate
+    """Evaluations of a one-step sampler (the teacher's DDIM-1: one network evaluation, as a
+    one-step student) on the digits teacher, as ``bench run`` does them: data-free reference
+    (the teacher's DDIM samples), then FID/KID/PR on n samples. The first builds the
+    reference, the later ones read it from the cache."""
+    from bench.evaluator import SampleSpec, evaluate
     from bench.features import get_extractor
     from bench.reference import build_reference
+    from bench.sampling import teacher_sampler
     from bench.teachers import load_teacher
-    from methods.boot import BOOT
 
     teacher = load_teacher("digits", device=str(device)).to(device)
     extractor = get_extractor(teacher.features, device=str(device))
-    sampler = BOOT(teacher, BOOT.Config(), device).sampler(1)
+    sampler, spec = teacher_sampler(teacher, 1), SampleSpec(teacher.sample_shape, n, 0, batch, device)
 
     def once() -> tuple[float, float]:
         start = time.perf_counter()
-        ref = build_reference("teacher", teacher, extractor, ref_n, ref_steps, 0, batch, device)
+        ref = build_reference("teacher", teacher, extractor, n=ref_n, steps=ref_steps, seed=0,
+                              batch_size=batch, device=device)
         mid = time.perf_counter()
         with torch.no_grad():
-            evaluate(sampler, 1, teacher.sample_shape, ref, extractor, n, 0, batch, device, keep_samples=0)
+            evaluate(sampler, spec, ref, extractor, keep_samples=0)
         return mid - start, time.perf_counter() - mid
 
     with _fresh_cache():

@@ -1,0 +1,164 @@
+"""Mutation testing of the math: apply one small change at a time to the formulas, run the fast
+tests (``pytest -m fast``), and report which mutants survive.
+
+    python scripts/mutants.py            # every mutant, 2 at a time
+    python scripts/mutants.py --list     # what would be changed
+    python scripts/mutants.py -k boot    # only mutants whose file or description matches
+
+Each mutant runs in a private copy of the tracked files (the working tree is never touched), so
+an interrupted run leaves nothing behind. A mutant is *killed* when the fast tests fail, and
+*survives* when they pass: every survivor must either get a test that kills it or be listed in
+EQUIVALENT with the reason it cannot change a result. Exit status 1 if an unlisted mutant survives.
+"""
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import dataclasses
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclasses.dataclass(frozen=True)
+class Mutant:
+    path: str
+    old: str  # must occur exactly once in the file
+    new: str
+    what: str
+
+
+M = Mutant
+MUTANTS = [
+    # BOOT (methods/boot.py)
+    M("methods/boot.py", "one_minus_r.flatten().cpu() ** -2", "one_minus_r.flatten().cpu() ** -1", "BOOT weight 1/(1-r) not 1/(1-r)^2"),
+    M("methods/boot.py", "one_minus_r.flatten().cpu() ** -2", "one_minus_r.flatten().cpu() ** 0", "BOOT weight dropped"),
+    M("methods/boot.py", "(t - cfg.delta).clamp(min=-1)", "(t - cfg.delta + 1).clamp(min=-1)", "BOOT s = t - delta + 1"),
+    M("methods/boot.py", "(t - cfg.delta).clamp(min=-1)", "(t - cfg.delta).clamp(min=0)", "BOOT s stops at 0, not -1"),
+    M("methods/boot.py", "(1 - self.ratio(t, s))", "(1 - self.ratio(s, t))", "BOOT r with s and t swapped"),
+    M("methods/boot.py", "sch.sigma(s) / (sch.sigma(t) * sch.alpha(s))", "sch.sigma(s) / (sch.sigma(t) * sch.alpha(t))", "BOOT r with alpha_t for alpha_s"),
+    M("methods/boot.py", "(g + one_minus_r.to(g.dtype) * (f - g))", "(g - one_minus_r.to(g.dtype) * (f - g))", "BOOT target: sign of the DDIM step"),
+    M("methods/boot.py", "self.guided_x0(a * g + sig * eps, t, cond)", "self.guided_x0(a * g - sig * eps, t, cond)", "BOOT x_t = alpha g - sigma eps"),
+    M("methods/boot.py", "self.guided_x0(a * g + sig * eps, t, cond)", "self.guided_x0(eps, t, cond)", "BOOT teacher queried at eps, not x_t"),
+    M("methods/boot.py", "        with torch.no_grad():\n            g = self.student(eps, t, cond)", "        if True:\n            g = self.student(eps, t, cond)", "BOOT t-branch with gradients"),
+    M("methods/boot.py", "torch.full((nb,), cfg.boundary_weight, dtype=torch.float64)", "torch.full((nb,), 1.0, dtype=torch.float64)", "BOOT boundary weight dropped"),
+    M("methods/boot.py", "return a * eps / (1 + s)", "return a * eps / (1 - s)", "BOOT boundary y_{t_max} with 1 - sigma"),
+    M("methods/boot.py", "torch.full((len(noise),), -1.0, device=noise.device)", "torch.full((len(noise),), 0.0, device=noise.device)", "BOOT one-step sampler read at t = 0"),
+    M("methods/boot.py", "return f_u + w * (f_c - f_u)", "return f_c + w * (f_c - f_u)", "BOOT guidance from the conditional side"),
+    M("methods/boot.py", "per_row = 2.0 if", "per_row = 1.0 if", "BOOT guided rows counted as one forward"),
+    M("methods/boot.py", "teacher_rows = B if self.boundary_mode", "teacher_rows = B - nb if self.boundary_mode", "BOOT teacher boundary rows not counted"),
+    M("methods/boot.py", "< 0.5 else \"definition\"", "> 0.5 else \"definition\"", "BOOT boundary auto inverted"),
+    # students (bench/student.py)
+    M("bench/student.py", "self.c_skip = float(teacher.schedule.alpha(t_max))", "self.c_skip = float(teacher.schedule.sigma(t_max))", "v-student c_skip sigma"),
+    M("bench/student.py", "self.c_out = -float(teacher.schedule.sigma(t_max))", "self.c_out = float(teacher.schedule.sigma(t_max))", "v-student c_out sign"),
+    M("bench/student.py", "        new.weight.zero_()\n", "", "x head starts as a copy of the conv, not zero"),
+    M("bench/student.py", "new.weight[c:].copy_(old.weight)", "new.weight[:c].copy_(old.weight)", "x head gets the eps weights"),
+    # progressive distillation (methods/progressive.py)
+    M("methods/progressive.py", "snr.clamp(min=1.0) * ", "snr * ", "PD weight SNR, not max(SNR, 1)"),
+    M("methods/progressive.py", "snr.clamp(min=1.0) * ", "", "PD weight dropped"),
+    M("methods/progressive.py", "t_mid = torch.tensor(fine[1::2]", "t_mid = torch.tensor(fine[0::2]", "PD wrong midpoint"),
+    M("methods/progressive.py", "grid[1:] + [-1]", "grid[1:] + [0]", "PD last step ends at 0, not -1"),
+    M("methods/progressive.py", "ratio = s_n / s_t", "ratio = s_t / s_n", "PD target ratio inverted"),
+    M("methods/progressive.py", "(a_n - ratio * a_t)", "(a_n + ratio * a_t)", "PD target denominator sign"),
+    M("methods/progressive.py", "            return self._weighted(student.predict(x_t, t)[0], target, a, s), 2.0",
+      "            return self._weighted(student.predict(x_t, t)[0], target, a, s), 1.0", "PD teacher forwards per row"),
+    M("methods/progressive.py", "target = self.teacher.x0(x_t, t)", "target = self.teacher.eps(x_t, t)", "PD fit to eps, not x0"),
+    M("methods/progressive.py", "net=net.requires_grad_(False).eval(), clip_x0", "net=net.requires_grad_(False), clip_x0", "PD round teachers left in train mode"),
+    M("methods/progressive.py", "if self.teacher.prediction_type == \"epsilon\" else", "if self.teacher.prediction_type == \"sample\" else", "PD x_and_epsilon for the wrong teachers"),
+    # the teacher adapter (bench/teachers/base.py)
+    M("bench/teachers/base.py", "x0 = (x_t - s * eps) / a", "x0 = (x_t + s * eps) / a", "eps-teacher x0 sign"),
+    M("bench/teachers/base.py", "x0 = a * x_t - s * out", "x0 = s * x_t - a * out", "v-teacher x0 with alpha, sigma swapped"),
+    M("bench/teachers/base.py", "x0 = s ** 2 * x_head + a * (x_t - s * eps_head)", "x0 = a ** 2 * x_head + a * (x_t - s * eps_head)", "x_and_epsilon merge weight"),
+    M("bench/teachers/base.py", "x0_clipped = x0.clamp(lo, hi)", "x0_clipped = x0", "x0 clipping dropped"),
+    M("bench/teachers/base.py", "with torch.autocast(x_t.device.type, enabled=False):", "with torch.autocast(x_t.device.type, enabled=True):", "frozen teacher under autocast"),
+    # DDIM (bench/sampling.py)
+    M("bench/sampling.py", "return alpha_s * x0 + sigma_s * eps", "return alpha_s * x0 - sigma_s * eps", "DDIM step sign"),
+    M("bench/sampling.py", "steps = list(timesteps) + [-1]", "steps = list(timesteps) + [0]", "DDIM ends at 0, not -1"),
+    # the schedule (bench/schedule.py)
+    M("bench/schedule.py", "return self.alpha_bar(t).sqrt()", "return self.alpha_bar(t)", "alpha = alpha_bar"),
+    M("bench/schedule.py", "return torch.log(ab) - torch.log1p(-ab)", "return torch.log(ab) + torch.log1p(-ab)", "log-SNR sign"),
+    M("bench/schedule.py", "torch.arange(self.T, 0, -self.T / K, dtype=torch.float64)) - 1", "torch.arange(self.T, 0, -self.T / K, dtype=torch.float64))", "trailing grid shifted by one"),
+    M("bench/schedule.py", "s: float = 0.008", "s: float = 0.0", "cosine offset s"),
+    M("bench/schedule.py", "padded = torch.cat([torch.ones(1, dtype=torch.float64), self.alphas_cumprod])", "padded = torch.cat([self.alphas_cumprod[:1], self.alphas_cumprod])", "t = -1 is not alpha = 1"),
+    # the evaluator's formulas (bench/evaluator.py)
+    M("bench/evaluator.py", "/ (self.n - 1)).numpy()", "/ self.n).numpy()", "biased covariance"),
+    M("bench/evaluator.py", "(data_range[1] - data_range[0]) ** 2 / max(mse", "(data_range[1] - data_range[0]) / max(mse", "PSNR peak not squared"),
+    M("bench/evaluator.py", "(int(seed) * 2654435761 + int(i)) % 2**32", "(int(seed) + int(i)) % 2**32", "seeds of runs overlap"),
+    M("bench/evaluator.py", "sq_err[0] += float(diff.pow(2).sum())", "sq_err[0] += float(diff.abs().sum())", "teacher MSE as mean absolute error"),
+    M("bench/evaluator.py", "self.s2 += f.T @ f", "self.s2 += f.T @ f.abs()", "second moment"),
+]
+
+EQUIVALENT: dict[str, str] = {
+    # "description": "why it cannot change a result",
+}
+
+
+def _copy_tree(dest: Path) -> None:
+    files = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=ROOT,
+                           capture_output=True, text=True, check=True).stdout.split("\0")
+    for f in filter(None, files):
+        src = ROOT / f
+        if src.is_file():
+            (dest / f).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dest / f)
+
+
+def run_mutant(m: Mutant, timeout: float) -> tuple[Mutant, str, float, str]:
+    """(mutant, 'killed' | 'survived' | 'timeout' | 'error', seconds, the failing test or note)."""
+    with tempfile.TemporaryDirectory(prefix="mutant-") as tmp:
+        tree = Path(tmp)
+        _copy_tree(tree)
+        text = (tree / m.path).read_text()
+        if text.count(m.old) != 1:
+            return m, "error", 0.0, f"the original text occurs {text.count(m.old)} times in {m.path}"
+        (tree / m.path).write_text(text.replace(m.old, m.new))
+        env = {**os.environ, "PYTHONPATH": str(tree), "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
+               "PYTHONDONTWRITEBYTECODE": "1"}
+        start = time.perf_counter()
+        try:
+            proc = subprocess.run([sys.executable, "-m", "pytest", "-m", "fast", "-x", "-q", "-p", "no:cacheprovider",
+                                   "-o", "addopts=", "tests"], cwd=tree, env=env, capture_output=True, text=True,
+                                  timeout=timeout)
+        except subprocess.TimeoutExpired:
+            return m, "timeout", time.perf_counter() - start, ""
+        seconds = time.perf_counter() - start
+        failed = next((line.split(" ")[1] for line in proc.stdout.splitlines() if line.startswith("FAILED")), "")
+        if proc.returncode == 0:
+            return m, "survived", seconds, ""
+        return m, "killed" if proc.returncode == 1 else "error", seconds, failed or proc.stdout[-300:]
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("-k", default="", help="only mutants whose file or description contains this")
+    p.add_argument("--jobs", type=int, default=2, help="mutants run at once")
+    p.add_argument("--timeout", type=float, default=600, help="seconds per mutant")
+    p.add_argument("--list", action="store_true", help="print the mutants and exit")
+    args = p.parse_args()
+    chosen = [m for m in MUTANTS if args.k in m.path or args.k in m.what]
+    if args.list:
+        for m in chosen:
+            print(f"{m.path}: {m.what}")
+        return 0
+    start, counts, bad = time.perf_counter(), {}, []
+    with concurrent.futures.ThreadPoolExecutor(args.jobs) as pool:
+        for m, status, seconds, note in pool.map(lambda m: run_mutant(m, args.timeout), chosen):
+            if status == "survived" and m.what in EQUIVALENT:
+                status, note = "equivalent", EQUIVALENT[m.what]
+            counts[status] = counts.get(status, 0) + 1
+            if status in ("survived", "error", "timeout"):
+                bad.append(m)
+            print(f"{status:<10} {seconds:6.1f} s  {m.path}: {m.what}  {note}", flush=True)
+    summary = ", ".join(f"{v} {k}" for k, v in sorted(counts.items()))
+    print(f"{len(chosen)} mutants: {summary}; {time.perf_counter() - start:.0f} s")
+    return 1 if bad else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
