@@ -5,8 +5,9 @@ tests (``pytest -m fast``), and report which mutants survive.
     python scripts/mutants.py --list     # what would be changed
     python scripts/mutants.py -k boot    # only mutants whose file or description matches
 
-Each mutant runs in a private copy of the tracked files (the working tree is never touched), so
-an interrupted run leaves nothing behind. A mutant is *killed* when the fast tests fail, and
+Each mutant runs in a private copy of a snapshot of the tracked files taken at the start (the
+working tree is never touched, and edits made meanwhile do not leak in), so an interrupted run
+leaves nothing behind. A mutant is *killed* when the fast tests fail, and
 *survives* when they pass: every survivor must either get a test that kills it or be listed in
 EQUIVALENT with the reason it cannot change a result. Exit status 1 if an unlisted mutant survives.
 """
@@ -99,7 +100,8 @@ EQUIVALENT: dict[str, str] = {
 }
 
 
-def _copy_tree(dest: Path) -> None:
+def snapshot(dest: Path) -> Path:
+    """Copy the tracked (and untracked, not ignored) files of the working tree to ``dest``."""
     files = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=ROOT,
                            capture_output=True, text=True, check=True).stdout.split("\0")
     for f in filter(None, files):
@@ -107,13 +109,23 @@ def _copy_tree(dest: Path) -> None:
         if src.is_file():
             (dest / f).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(src, dest / f)
+    return dest
 
 
-def run_mutant(m: Mutant, timeout: float) -> tuple[Mutant, str, float, str]:
-    """(mutant, 'killed' | 'survived' | 'timeout' | 'error', seconds, the failing test or note)."""
+def fast_files(tree: Path) -> list[str]:
+    """The test files holding fast tests, tests/test_math.py first (collecting only these keeps
+    a mutant's run short)."""
+    found = sorted(str(p.relative_to(tree)) for p in (tree / "tests").glob("test_*.py")
+                   if "pytest.mark.fast" in p.read_text())
+    return sorted(found, key=lambda f: not f.endswith("test_math.py"))
+
+
+def run_mutant(m: Mutant, base: Path, timeout: float) -> tuple[Mutant, str, float, str]:
+    """(mutant, 'killed' | 'survived' | 'timeout' | 'error', seconds, the failing test or note).
+    The exact unit tests (tests/test_math.py) run first: most mutants die there within seconds."""
     with tempfile.TemporaryDirectory(prefix="mutant-") as tmp:
-        tree = Path(tmp)
-        _copy_tree(tree)
+        tree = Path(tmp) / "tree"
+        shutil.copytree(base, tree)
         text = (tree / m.path).read_text()
         if text.count(m.old) != 1:
             return m, "error", 0.0, f"the original text occurs {text.count(m.old)} times in {m.path}"
@@ -123,7 +135,7 @@ def run_mutant(m: Mutant, timeout: float) -> tuple[Mutant, str, float, str]:
         start = time.perf_counter()
         try:
             proc = subprocess.run([sys.executable, "-m", "pytest", "-m", "fast", "-x", "-q", "-p", "no:cacheprovider",
-                                   "-o", "addopts=", "tests"], cwd=tree, env=env, capture_output=True, text=True,
+                                   "-o", "addopts=", *fast_files(tree)], cwd=tree, env=env, capture_output=True, text=True,
                                   timeout=timeout)
         except subprocess.TimeoutExpired:
             return m, "timeout", time.perf_counter() - start, ""
@@ -147,8 +159,10 @@ def main() -> int:
             print(f"{m.path}: {m.what}")
         return 0
     start, counts, bad = time.perf_counter(), {}, []
-    with concurrent.futures.ThreadPoolExecutor(args.jobs) as pool:
-        for m, status, seconds, note in pool.map(lambda m: run_mutant(m, args.timeout), chosen):
+    with tempfile.TemporaryDirectory(prefix="mutants-base-") as tmp, \
+            concurrent.futures.ThreadPoolExecutor(args.jobs) as pool:
+        base = snapshot(Path(tmp))
+        for m, status, seconds, note in pool.map(lambda m: run_mutant(m, base, args.timeout), chosen):
             if status == "survived" and m.what in EQUIVALENT:
                 status, note = "equivalent", EQUIVALENT[m.what]
             counts[status] = counts.get(status, 0) + 1
