@@ -66,8 +66,8 @@ def _add_assets(sub) -> None:
     t = sub.add_parser("teacher", help="teacher utilities")
     tsub = t.add_subparsers(dest="action", required=True)
     tt = tsub.add_parser("train", help="reproduce a shipped teacher's weights")
-    tt.add_argument("name", choices=["digits"])
-    tt.add_argument("--out", default="digits_teacher", help="output folder (diffusers layout)")
+    tt.add_argument("name", choices=["digits", "digits_eps"], help="a shipped teacher (its recipe)")
+    tt.add_argument("--out", default="teacher", help="output folder (diffusers layout)")
     tt.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="recipe field")
     tt.set_defaults(handler=cmd_teacher)
     f = sub.add_parser("features", help="feature-extractor utilities")
@@ -186,16 +186,16 @@ def cmd_teacher(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
     from bench import config as cfgs
-    from bench.teachers.digits import DigitsRecipe, train_digits_teacher
+    from bench.teachers.digits import RECIPES, train_digits_teacher
 
-    recipe = cfgs.replace(DigitsRecipe(), cfgs.parse_sets(args.set), what="digits recipe")
-    with tqdm(total=recipe.iterations, unit="it", desc="training digits teacher") as bar:
+    recipe = cfgs.replace(RECIPES[args.name], cfgs.parse_sets(args.set), what=f"{args.name} recipe")
+    with tqdm(total=recipe.iterations, unit="it", desc=f"training the {args.name} teacher") as bar:
         def progress(it: int, loss: float) -> None:
             bar.update(1)
             bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
 
         out = train_digits_teacher(recipe, Path(args.out), progress)
-    print(f"saved {out} (copy it over bench/assets/digits to ship it)")
+    print(f"saved {out} (copy it over bench/assets/{args.name} to ship it)")
     return 0
 
 

@@ -45,20 +45,31 @@ def gmm2d(path: Optional[str] = None, device: str = "cpu") -> Teacher:
     return _analytic("gmm2d", *gmm2d_params(), path)
 
 
-@TEACHERS.register("digits", "embedded default: 0.7M-param UNet on sklearn's 8x8 digits (shipped)")
-def digits(path: Optional[str] = None, device: str = "cpu") -> Teacher:
+def _shipped(name: str, path: Optional[str], device: str) -> Teacher:
+    """A teacher whose weights ship in bench/assets/<name> (or --teacher-path), on the digits data."""
     from bench import __version__
     from bench.data import digits_split
     from bench.teachers.diffusers_teacher import load_unet_folder
-    from bench.teachers.digits import ASSET_DIR
+    from bench.teachers.digits import ASSETS
 
-    root = path or ASSET_DIR
-    source = str(path) if path else "bench/assets/digits"
+    root = path or ASSETS / name
+    source = str(path) if path else f"bench/assets/{name}"
     teacher = load_unet_folder(root, source, "" if path else f"distill-bench {__version__}",
-                               name="digits", device=device)
+                               name=name, device=device)
     teacher.features = "digits-cnn"
     teacher.dataset = lambda: digits_split("train")[0]
     return teacher
+
+
+@TEACHERS.register("digits", "embedded default: 0.7M-param UNet on sklearn's 8x8 digits (shipped)")
+def digits(path: Optional[str] = None, device: str = "cpu") -> Teacher:
+    return _shipped("digits", path, device)
+
+
+@TEACHERS.register("digits_eps", "the digits UNet as eps-prediction on DDPM's linear schedule, like "
+                                 "the hub teachers (shipped)")
+def digits_eps(path: Optional[str] = None, device: str = "cpu") -> Teacher:
+    return _shipped("digits_eps", path, device)
 
 
 def _register_hub(name: str, hub_id: str) -> None:
