@@ -236,3 +236,38 @@ def test_boot_trains_on_diffusers_teachers(prediction_type, tmp_path):
     assert all(torch.equal(a, b) for a, b in zip(teacher.net.unet.parameters(), tiny_unet().parameters()))
     x = m.sampler(1)(torch.randn(4, 1, 8, 8))
     assert x.shape == (4, 1, 8, 8) and torch.isfinite(x).all()
+
+
+def test_trunc_draw_spends_rows_where_the_trajectory_moves():
+    """digits' cosine schedule (beta capped at 0.999) drops log-SNR by 6.9 in its last step, so
+    logsnr puts ~23% of the rows at t >= 998 and ~43% above t_max - delta. trunc gives that
+    first window the share of one delta-step (delta / t_max) and is uniform in log-SNR below
+    it; on the linear schedule, which has no such step, it matches logsnr below the window."""
+    n, gen = 200_000, lambda: torch.Generator().manual_seed(0)
+    digits = load_teacher("digits")
+    assert float((_boot(digits, t_draw="logsnr").draw_t(n, gen()) >= 998).double().mean()) > 0.2
+    t = _boot(digits).draw_t(n, gen())  # the default
+    assert float((t > 979).double().mean()) == pytest.approx(20 / 999, abs=3e-3)
+    lam = digits.schedule.log_snr(t[t <= 979])  # uniform in log-SNR on [lambda(979), lambda(0)]
+    lo, hi = float(digits.schedule.log_snr(979)), float(digits.schedule.log_snr(0))
+    assert float(((lam - lo) / (hi - lo)).mean()) == pytest.approx(0.5, abs=5e-3)
+    lin = load_teacher("gaussian")
+    a, b = _boot(lin, t_draw="logsnr").draw_t(n, gen()), _boot(lin).draw_t(n, gen())
+    for edge in (20, 100, 500, 900):
+        assert float((a < edge).double().mean()) == pytest.approx(float((b < edge).double().mean()), abs=0.01)
+
+
+def test_trunc_reads_the_student_only_where_it_is_trained():
+    """Every input g(eps, t) is a trained point: t_max (the boundary) or t <= t_max - delta (some
+    row's s); rows drawn in (t_max - delta, t_max) bootstrap from t_max to s = t - delta."""
+    m = _boot(load_teacher("gmm2d"), batch_size=4096)
+    seen = []
+    original = m.bootstrap_target
+    m.bootstrap_target = lambda eps, t, s, c: seen.append((t, s)) or original(eps, t, s, c)
+    for i in range(3):
+        m.loss(i, torch.Generator().manual_seed(i))
+    t, s = torch.cat([a for a, _ in seen]), torch.cat([b for _, b in seen])
+    assert bool(((t == 999) | (t <= 979)).all()) and bool(((s >= -1) & (s <= 979)).all())
+    top = t == 999
+    assert 0.01 < float(top.double().mean()) < 0.035 and bool((s[top] > 959).all())
+    assert torch.allclose((t - s)[~top & (s > -1)], torch.tensor(20.0, dtype=t.dtype))

@@ -79,13 +79,15 @@ def _boot(**overrides):
 def test_boot_loss_rows_equal_the_paper_formula():
     """Rows 2..: ||g(eps, s) - SG[g + (1 - r)(f(alpha_t g + sigma_t eps, t) - g)]||^2 / (1 - r)^2 with
     s = max(t - delta, -1) and r = alpha_t sigma_s / (sigma_t alpha_s); rows 0-1: the boundary,
-    boundary_weight * ||g(eps, t_max) - y_{t_max}||^2 with y_{t_max} = (1 - sigma) eps / alpha."""
+    boundary_weight * ||g(eps, t_max) - y_{t_max}||^2 with y_{t_max} = (1 - sigma) eps / alpha.
+    t_draw=trunc (the default) reads a row drawn in (t_max - delta, t_max) at t = t_max (998 here)."""
     m = _boot()
     losses, forwards = m.loss(0, torch.Generator().manual_seed(3))
     eps = torch.randn((10, 4), generator=torch.Generator().manual_seed(3))  # the loss's first draw
     e = _np(eps)
     t = np.array(T_ROWS)
     s = np.maximum(t - 20.0, -1.0)
+    t = np.where(t > 999 - 20.0, 999.0, t)
     with torch.no_grad():
         g_t = _np(m.student(eps[2:], torch.tensor(t, dtype=torch.float32)))
         g_s = _np(m.student(eps[2:], torch.tensor(s, dtype=torch.float32)))
@@ -147,7 +149,8 @@ def test_boot_one_step_sampler_reads_the_student_at_t_minus_one():
 
 def test_boot_student_head_reads_the_v_teachers_x0_frozen_at_t_max():
     """g = c_skip eps + c_out net(eps, t) with x0 = alpha x_t - sigma v at t_max: c_skip = alpha,
-    c_out = -sigma; an eps-teacher's head is read as y directly (c_skip 0, c_out 1)."""
+    c_out = -sigma; an eps-teacher's head is read the same way (its own x0 conversion would
+    scale by 1/alpha_{t_max}); a sample-teacher's head is y itself (c_skip 0, c_out 1)."""
     from diffusers import DDPMScheduler
 
     from bench.student import Student
@@ -156,7 +159,7 @@ def test_boot_student_head_reads_the_v_teachers_x0_frozen_at_t_max():
     from conftest import tiny_unet
 
     a, s = alpha_sigma(999.0)
-    for kind, expected in (("v_prediction", (a, -s)), ("epsilon", (0.0, 1.0))):
+    for kind, expected in (("v_prediction", (a, -s)), ("epsilon", (a, -s)), ("sample", (0.0, 1.0))):
         teacher = unet_teacher(tiny_unet(), DDPMScheduler(prediction_type=kind), Provenance("t"))
         student = Student(teacher, t_max=999)
         assert (student.c_skip, student.c_out) == pytest.approx(expected, rel=1e-6)
