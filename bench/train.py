@@ -13,6 +13,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import time
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -184,6 +185,11 @@ class Trainer:
                 loss = self._step()
             except Diverged as exc:
                 bar.close()
+                fault = self.ctx.teacher_fault() if self.ctx.teacher_fault else ""
+                if fault:
+                    raise BenchError(f"training stopped at step {self.total.steps}: {exc}, because the "
+                                     f"teacher's own output is not finite ({fault}); this is no divergence "
+                                     f"(a lower lr will not help): check the teacher's weights") from None
                 raise Diverged(f"training diverged: {exc}; {self._save_last_good()}; lower lr "
                                f"(or set grad_clip) and continue with --resume-from CHECKPOINT") from None
             if self.ctx.device.type == "cuda":
@@ -268,4 +274,8 @@ class Trainer:
         self.done, self.start = Totals(**state["done"]), Totals(**state["start"])
         self.gen.set_state(state["gen"].cpu())
         torch.set_rng_state(state["torch_rng"].cpu())
-        self.extra, self._saved_step = dict(state.get("extra", {})), self.step
+        self.extra = dict(state.get("extra", {}))
+        # a checkpoint from another folder (--resume-from, a re-evaluation) is copied into this
+        # run's own at the end of training, so that this run can be resumed on its own
+        here = Path(path).resolve().parent == Path(self.ctx.workdir).resolve()
+        self._saved_step = self.step if here else -1
