@@ -16,11 +16,11 @@ from typing import Any, Callable, Mapping, Optional
 import torch
 
 from bench import config as cfgs
-from bench.errors import BenchError
+from bench.errors import BenchError, first_line
 from bench.method import DistillContext
 from bench.run_config import RunConfig
 
-__all__ = ["RunConfig", "RunHooks", "RunResult", "build_method", "resolve_device", "run"]
+__all__ = ["RunConfig", "RunHooks", "RunResult", "build_method", "make_method", "resolve_device", "run"]
 
 
 def resolve_device(name: str) -> torch.device:
@@ -41,6 +41,19 @@ def build_method(run_cfg: RunConfig, overrides: Mapping[str, Any]):
 
     cls = METHODS.get(run_cfg.method)
     return cls, cfgs.replace(cls.Config(), overrides, what=f"{run_cfg.method} config")
+
+
+def make_method(run_cfg: RunConfig, method_cls, method_cfg, teacher, device):
+    """(method on ``teacher``, run config with its NFEs resolved); what only this teacher rules
+    out (e.g. BOOT's t_max beyond its steps, an NFE beyond them) is a BenchError."""
+    try:
+        method = method_cls(teacher, method_cfg, device)
+    except ValueError as exc:
+        raise BenchError(f"{run_cfg.method} config does not fit teacher {run_cfg.teacher}: {first_line(exc)}") from None
+    run_cfg = dataclasses.replace(run_cfg, nfe=run_cfg.nfe or method.default_nfe())
+    for k in run_cfg.nfe:
+        method.check_nfe(k)
+    return method, run_cfg
 
 
 @dataclasses.dataclass
@@ -89,10 +102,7 @@ def run(run_cfg: RunConfig, method_overrides: Mapping[str, Any] = (), progress: 
         if hooks.resume:
             hooks = _resume_point(hooks, run_cfg, held)
         teacher = load_teacher(run_cfg.teacher, run_cfg.teacher_path, device=str(device)).to(device)
-        method = method_cls(teacher, method_cfg, device)
-        run_cfg = dataclasses.replace(run_cfg, nfe=run_cfg.nfe or method.default_nfe())
-        for k in run_cfg.nfe:
-            method.check_nfe(k)
+        method, run_cfg = make_method(run_cfg, method_cls, method_cfg, teacher, device)
         extractor = get_extractor(teacher.features, inception_weights=run_cfg.inception_weights,
                                   device=str(device))
         ref = _prepare(run_cfg, teacher, extractor, device)

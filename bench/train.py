@@ -68,6 +68,11 @@ class TrainConfig:
             raise ValueError("ema_decay must be in [0, 1)")
         if self.checkpoint_every < 0 or self.keep_checkpoints < 1:
             raise ValueError("checkpoint_every must be >= 0 and keep_checkpoints >= 1")
+        # each of these would fail only mid-training (log_every=0 is a modulo by zero)
+        for name, low in (("log_every", 1), ("warmup", 0), ("eval_every", 0), ("eval_samples", 2),
+                          ("grad_clip", 0), ("weight_decay", 0)):
+            if getattr(self, name) < low:
+                raise ValueError(f"{name} must be >= {low}, got {getattr(self, name)}")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -65,6 +65,10 @@ class ProgressiveConfig(TrainConfig):
         ratio = self.start_steps // max(self.end_steps, 1)
         if self.end_steps < 1 or ratio < 2 or ratio & (ratio - 1) or ratio * self.end_steps != self.start_steps:
             raise ValueError("start_steps must be end_steps times a power of two (>= 2)")
+        if min(self.synthetic_samples, self.synthetic_steps, self.mlp_width) < 1 or self.fit_iterations < 0 \
+                or self.fit_lr <= 0:
+            raise ValueError("synthetic_samples, synthetic_steps and mlp_width must be >= 1, fit_iterations >= 0 "
+                             "and fit_lr > 0")
 
 
 def two_step_target(teacher: Teacher, x_t, t, t_mid, t_next) -> torch.Tensor:
