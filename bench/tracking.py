@@ -13,6 +13,7 @@ import os
 import platform
 import socket
 import subprocess
+import sys
 import warnings
 from pathlib import Path
 from typing import Iterator, Optional
@@ -171,11 +172,13 @@ def _tracked(uri: str, run_id: str, workdir: Path, info, tags: Optional[dict[str
     from bench.spool import SpooledRun, pending, sync
 
     tracker = SpooledRun(MlflowClient(uri), run_id, uri, workdir, info.data.params)
-    if pending(tracker.spool):  # an earlier attempt's spool goes first, to keep the order
-        try:
+    try:  # an earlier attempt's spool goes first, to keep the order
+        if pending(tracker.spool):
             sync(tracker.spool, client=tracker.client)
-        except BenchError as exc:
-            tracker.offline = str(exc)
+    except BenchError as exc:  # the store still fails, or the spool is damaged
+        tracker.offline = str(exc)
+        print(f"bench: warning: {exc}; this run's params, metrics and artifacts queue behind it in "
+              f"{tracker.spool}", file=sys.stderr, flush=True)
     tracker.set_tags({**version_tags(), **(tags or {}), WORKDIR_TAG: str(workdir),
                       "bench.host": socket.gethostname(), "bench.pid": str(os.getpid())})
     status = "FAILED"
