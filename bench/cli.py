@@ -159,7 +159,9 @@ def cmd_sync(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from bench.spool import pending, sync_all
+    from bench.tracking import _quiet
 
+    _quiet()  # MLflow's own database tracebacks would precede our one line per spool
     spools = [Path(p) for p in args.spools] or sorted(Path("checkpoints").glob("*/spool"))
     waiting = [p for p in spools if args.spools or _waits(p, pending)]
     results = sync_all(waiting, args.tracking_uri)

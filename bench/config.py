@@ -171,7 +171,7 @@ def coerce(tp: Any, value: Any) -> Any:
         if not math.isfinite(value):
             raise ValueError(f"expected a finite number, got {value!r}")
         return float(value)
-    if tp is int and number and float(value).is_integer():
+    if tp is int and number and (isinstance(value, int) or value.is_integer()):
         return int(value)
     if tp is bool and isinstance(value, bool) or tp is str and isinstance(value, str):
         return value

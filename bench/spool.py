@@ -267,9 +267,6 @@ def sync(spool: Path, uri: Optional[str] = None, client=None) -> int:
         if client is None:
             from mlflow.tracking import MlflowClient
 
-            from bench.tracking import _quiet
-
-            _quiet()
             client = MlflowClient(uri or meta["uri"])
         for i in range(done, len(events)):
             _replay_one(client, meta, events, i, spool, uri)
