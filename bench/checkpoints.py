@@ -14,6 +14,7 @@ from typing import Mapping, Optional
 import torch
 
 from bench.errors import BenchError, first_line
+from bench.files import no_space_guard
 
 WORKDIR_TAG = "bench.workdir"
 PATTERN = "checkpoint_*.pt"
@@ -48,12 +49,20 @@ def newest_checkpoint(workdir: Path) -> Optional[Path]:
 
 
 def write_checkpoint(state: dict, path: Path) -> Path:
-    """torch.save to a temporary name, then rename: a kill never leaves a truncated checkpoint."""
+    """torch.save to a temporary name, then rename: a kill never leaves a truncated checkpoint,
+    and a full disk is one line (bench.files.no_space_guard) that leaves no partial file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
-    torch.save(state, tmp)
-    tmp.replace(path)
+    previous = newest_checkpoint(path.parent)
+    intact = (f"the previous checkpoint {previous} is intact" if previous else "no earlier checkpoint was saved") \
+        + "; free space, then continue with bench run --resume"
+    with no_space_guard(path, f"checkpoint {checkpoint_step(path)}", partial=[tmp], then=intact):
+        # a file object, not a name: torch's zip writer then fails with the OSError (ENOSPC)
+        # as its cause rather than only "unexpected pos"
+        with open(tmp, "wb") as fh:
+            torch.save(state, fh)
+        tmp.replace(path)
     return path
 
 
@@ -71,8 +80,8 @@ def read_checkpoint(path: Path, device="cpu") -> dict:
     try:
         state = torch.load(path, map_location=device, weights_only=True)
     except Exception as exc:  # torch raises several types for truncated, corrupt or pickled files
-        raise BenchError(f"checkpoint {path} cannot be loaded as weights ({first_line(exc, 200)}); "
-                         f"delete it to resume from an older one") from None
+        raise BenchError(f"checkpoint {path} cannot be loaded as weights: it is truncated, corrupt or "
+                         f"pickled ({first_line(exc, 160)}); delete it to resume from an older one") from None
     if not isinstance(state, dict) or "model" not in state or "step" not in state:
         raise BenchError(f"checkpoint {path} is not a distill-bench training checkpoint")
     return state

@@ -8,6 +8,7 @@ imports none of them.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import signal
 import sys
@@ -34,7 +35,7 @@ def _parser() -> argparse.ArgumentParser:
     c.set_defaults(handler=cmd_cache)
     u = sub.add_parser("ui", help="the MLflow UI on 127.0.0.1 over the same store")
     u.add_argument("--tracking-uri", help="MLflow store (default sqlite:///./mlflow.db)")
-    u.add_argument("--port", type=int, default=5000)
+    u.add_argument("--port", type=int, default=5000, help="TCP port, 1..65535 (default 5000)")
     u.add_argument("--host", default="127.0.0.1",
                    help="interface to bind (default 127.0.0.1: the UI has no authentication)")
     u.set_defaults(handler=cmd_ui)
@@ -93,7 +94,10 @@ def _run_config(args: argparse.Namespace):
     values, sets = {}, {}
     if args.config:
         data = cfgs.load_yaml(args.config)
-        sets = dict(data.pop("set", None) or {})
+        sets = data.pop("set", None) or {}
+        if not isinstance(sets, dict):
+            raise BenchError(f"config {args.config}: set: must be a mapping of method field: value, "
+                             f"got {type(sets).__name__}")
         values.update(data)
     values.update(cfgs.flag_values(args, RunConfig))
     sets.update(cfgs.parse_sets(args.set))
@@ -113,11 +117,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.resume and args.resume_from:
         raise BenchError("give --resume (continue a run) or --resume-from (a new run from a checkpoint), not both")
     hooks = RunHooks(resume=args.resume, checkpoint=Path(args.resume_from) if args.resume_from else None)
-    previous = signal.signal(signal.SIGTERM, _terminated)  # a scheduler's SIGTERM: the run ends KILLED
-    try:
+    with _sigterm_raises():  # a scheduler's SIGTERM: the run ends KILLED
         result = run(run_cfg, sets, progress=not args.quiet, hooks=hooks)
-    finally:
-        signal.signal(signal.SIGTERM, previous)
     print(format_summary(result.rows, result.feature_extractor))
     print(f"MLflow run {result.run_id} (experiment {run_cfg.experiment!r}); browse with `bench ui`")
     if result.spool:
@@ -135,22 +136,56 @@ def dry_run_text(run_cfg, method_cfg) -> str:
     return f"run config:{nfe}\n{to_json(run_cfg)}\n{run_cfg.method} config:\n{to_json(method_cfg)}"
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where it arrives so that ``finally`` blocks run (the run ends KILLED, a
+    server child is stopped); a KeyboardInterrupt, so everything that handles Ctrl-C handles it."""
+
+
 def _terminated(signum, frame):
-    raise KeyboardInterrupt
+    raise Terminated
+
+
+@contextlib.contextmanager
+def _sigterm_raises():
+    previous = signal.signal(signal.SIGTERM, _terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def cmd_sync(args: argparse.Namespace) -> int:
+    """Each spool is synced on its own (one that fails never stops the others), then a summary."""
     from pathlib import Path
 
-    from bench.spool import pending, sync
+    from bench.spool import pending, sync_all
+    from bench.tracking import _quiet
 
+    _quiet()  # MLflow's own database tracebacks would precede our one line per spool
     spools = [Path(p) for p in args.spools] or sorted(Path("checkpoints").glob("*/spool"))
-    waiting = [p for p in spools if pending(p) or args.spools]
-    for spool in waiting:
-        print(f"{spool}: {sync(spool, args.tracking_uri)} events synced")
-    if not waiting:
+    waiting = [p for p in spools if args.spools or _waits(p, pending)]
+    results = sync_all(waiting, args.tracking_uri)
+    for spool, sent, error in results:
+        if error:
+            print(f"bench: error: {error}", file=sys.stderr)
+        else:
+            print(f"{spool}: {sent} events synced")
+    failed = [str(s) for s, _, error in results if error]
+    if not results:
         print("nothing to sync")
-    return 0
+    elif len(results) > 1 or failed:
+        done = [str(s) for s, _, error in results if not error]
+        print(f"synced {len(done)} of {len(results)} spools" + (f": {', '.join(done)}" if done else "")
+              + (f"; failed: {', '.join(failed)}" if failed else ""))
+    return 2 if failed else 0
+
+
+def _waits(spool, pending) -> bool:
+    """Whether a spool has events to sync; one that cannot be read is reported by sync itself."""
+    try:
+        return pending(spool) > 0
+    except BenchError:
+        return True
 
 
 def format_summary(rows, extractor: str) -> str:
@@ -220,13 +255,10 @@ def cmd_cache(args: argparse.Namespace) -> int:
 
 def cmd_ui(args: argparse.Namespace) -> int:
     from bench.tracking import resolve_uri
+    from bench.ui import serve
 
-    uri = resolve_uri(args.tracking_uri)
-    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
-    print(f"MLflow UI for {uri} at http://{args.host}:{args.port} (Ctrl-C stops it)", flush=True)
-    cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", uri,
-           "--host", args.host, "--port", str(args.port), "--workers", "1"]
-    os.execve(sys.executable, cmd, env)  # become the server: its PID is ours, so stopping us stops it
+    with _sigterm_raises():  # SIGTERM stops the server child too
+        return serve(resolve_uri(args.tracking_uri), args.host, args.port)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -237,6 +269,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except BenchError as exc:
         print(f"bench: error: {exc}", file=sys.stderr)
         return 2
+    except Terminated:
+        print("bench: terminated (SIGTERM)", file=sys.stderr)
+        return 143  # 128 + SIGTERM, as a shell reports a process the signal ended
     except KeyboardInterrupt:
         print("bench: interrupted", file=sys.stderr)
         return 130

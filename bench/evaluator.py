@@ -7,6 +7,11 @@ holds all images or features in memory; KID and precision/recall use the first
 ``keep_features`` features. FID, KID and precision/recall are torch-fidelity's own formulas.
 Timing follows DESIGN.md: one warm-up batch, device synchronisation, the median over
 full-size batches, reported per image at a stated batch size.
+
+A score of non-finite samples or features is not a result (uint8 conversion turns NaN into
+some colour, and FID is then computed on that): any non-finite sample, feature or metric
+stops the evaluation with :class:`NonFinite`. Checks that need no samples
+(:func:`check_evaluation`) run before a run distils anything.
 """
 from __future__ import annotations
 
@@ -19,13 +24,11 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 import torch
 
-from bench.errors import BenchError
+from bench.eval_checks import PR_NEIGHBOURS, NonFinite, check_finite, check_fid_n  # noqa: F401 (API)
 from bench.features import FeatureExtractor
 
 METRICS = ("fid", "kid", "pr")
 KEEP_FEATURES = 10_000  # KID subsets of 1000 and k-NN precision/recall need no more
-
-
 def sample_seed(seed: int, i: int) -> int:
     """The generator seed of sample i. torch's CPU generator keeps only 32 bits, so (seed, i) is
     mixed into 32 bits with i added last: the n seeds of one run never collide (i < 2**32)."""
@@ -97,13 +100,6 @@ def fid_from_stats(mu1, sigma1, mu2, sigma2) -> float:
     return float(fid_statistics_to_metric(a, b, verbose=False)[KEY_METRIC_FID])
 
 
-def check_fid_n(n: int, dim: int) -> None:
-    if n < 2 or (dim > 0 and n < dim):
-        raise BenchError(f"FID needs at least as many samples as feature dimensions ({max(dim, 2)}), "
-                         f"got n={n}: the covariance is rank-deficient and FID meaningless; raise "
-                         f"--num-samples, or use --metrics kid, which is unbiased at small n")
-
-
 def fid_from_features(a: torch.Tensor, b: torch.Tensor) -> float:
     check_fid_n(min(len(a), len(b)), 0)
     sa, sb = FeatureStats.of(a, keep=0), FeatureStats.of(b, keep=0)
@@ -121,7 +117,7 @@ def kid_from_features(a: torch.Tensor, b: torch.Tensor, subsets: int = 100,
     return float(out[KEY_METRIC_KID_MEAN]), float(out[KEY_METRIC_KID_STD])
 
 
-def pr_from_features(fake: torch.Tensor, real: torch.Tensor, k: int = 3) -> tuple[float, float]:
+def pr_from_features(fake: torch.Tensor, real: torch.Tensor, k: int = PR_NEIGHBOURS) -> tuple[float, float]:
     """Improved precision and recall (Kynkäänniemi et al. 2019), torch-fidelity's k-NN version."""
     from torch_fidelity.metric_prc import KEY_METRIC_PRECISION, KEY_METRIC_RECALL, prc_features_to_metric
 
@@ -246,11 +242,15 @@ def evaluate(sampler: Callable, spec: SampleSpec, reference: ReferenceStats, ext
     """
     if "fid" in metrics:
         check_fid_n(spec.n, extractor.dim)
+    at = f" at NFE {nfe}" if nfe is not None else ""
     stats = FeatureStats()
     sq_err = [0.0, 0]
 
     def on_batch(idx: range, x: torch.Tensor) -> None:
-        stats.update(extractor(x))
+        check_finite(x, f"samples (seeds {idx.start}..{idx.stop - 1}){at}")
+        features = extractor(x)
+        check_finite(features, f"feature vectors (seeds {idx.start}..{idx.stop - 1}){at}")
+        stats.update(features)
         if anchor is not None and idx.start < len(anchor):
             m = min(len(idx), len(anchor) - idx.start)
             diff = x[:m].double().cpu() - anchor[idx.start: idx.start + m].double()
@@ -268,4 +268,11 @@ def evaluate(sampler: Callable, spec: SampleSpec, reference: ReferenceStats, ext
     if sq_err[1]:
         mse = sq_err[0] / sq_err[1]
         ev.teacher_mse, ev.teacher_psnr = mse, psnr(mse, data_range)
+    scores = {"fid": fid, "kid": kid, "precision": prec, "recall": rec, "teacher_mse": ev.teacher_mse}
+    wanted = {"fid": "fid" in metrics, "kid": "kid" in metrics and has_feats,
+              "precision": "pr" in metrics and has_feats, "recall": "pr" in metrics and has_feats,
+              "teacher_mse": bool(sq_err[1])}
+    for name, value in scores.items():
+        if wanted[name] and not math.isfinite(value):
+            raise NonFinite(f"{name}{at} is {value} although every sample and feature is finite")
     return ev

@@ -41,6 +41,9 @@ class DistillContext:
     progress: bool = True
     quick_eval: Optional[Callable[[Sampler, int], float]] = None  # (sampler, n) -> FID
     resume_from: Optional[Path] = None
+    # '' if the frozen teacher's output is finite, else what is not: a non-finite loss is then
+    # the teacher's fault, not a divergence (a lower lr would not help)
+    teacher_fault: Optional[Callable[[], str]] = None
 
 
 @dataclasses.dataclass

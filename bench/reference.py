@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from bench.cache import cache_file, definition_array
-from bench.errors import BenchError
+from bench.errors import BenchError, first_line
 from bench.evaluator import FeatureStats, ReferenceStats, SampleSpec, generate
 from bench.features import FeatureExtractor
 from bench.files import save_npz_atomic
@@ -53,12 +53,20 @@ def _load_folder(files: list[Path], shape: tuple[int, ...], data_range) -> torch
 
 
 def _stats_file(path: Path, dim: int) -> ReferenceStats:
+    need = "it must be an .npz with arrays mu and sigma (e.g. from pytorch-fid or clean-fid)"
+    if not path.is_file():
+        raise BenchError(f"reference statistics {path} {'is a folder' if path.is_dir() else 'do not exist'}; {need}")
+    with open(path, "rb") as fh:
+        magic = fh.read(4)
+    if magic != b"PK\x03\x04":  # every .npz is a zip file; np.load would guess "pickled data"
+        raise BenchError(f"reference statistics {path} are not an .npz file (a zip archive); {need}")
     try:
-        data = np.load(path)
-        mu, sigma = data["mu"].astype(np.float64), data["sigma"].astype(np.float64)
-    except (OSError, KeyError, ValueError) as exc:
-        raise BenchError(f"cannot read reference statistics {path} ({exc}); it must be an .npz "
-                         f"with arrays mu and sigma") from None
+        with np.load(path) as data:
+            mu, sigma = data["mu"].astype(np.float64), data["sigma"].astype(np.float64)
+    except (OSError, KeyError, ValueError, EOFError) as exc:
+        raise BenchError(f"cannot read reference statistics {path} ({first_line(exc, 120)}); {need}") from None
+    if not (np.isfinite(mu).all() and np.isfinite(sigma).all()):
+        raise BenchError(f"reference statistics {path} hold NaN or inf; recompute them")
     if dim > 0 and (mu.shape != (dim,) or sigma.shape != (dim, dim)):
         raise BenchError(f"reference statistics {path} have mu {mu.shape} and sigma {sigma.shape}, but "
                          f"the extractor gives {dim}-D features; use statistics of the same extractor")

@@ -5,9 +5,9 @@ Nothing here knows which method or teacher it runs.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -16,11 +16,11 @@ from typing import Any, Callable, Mapping, Optional
 import torch
 
 from bench import config as cfgs
-from bench.errors import BenchError
+from bench.errors import BenchError, first_line
 from bench.method import DistillContext
 from bench.run_config import RunConfig
 
-__all__ = ["RunConfig", "RunHooks", "RunResult", "build_method", "resolve_device", "run"]
+__all__ = ["RunConfig", "RunHooks", "RunResult", "build_method", "make_method", "resolve_device", "run"]
 
 
 def resolve_device(name: str) -> torch.device:
@@ -41,6 +41,19 @@ def build_method(run_cfg: RunConfig, overrides: Mapping[str, Any]):
 
     cls = METHODS.get(run_cfg.method)
     return cls, cfgs.replace(cls.Config(), overrides, what=f"{run_cfg.method} config")
+
+
+def make_method(run_cfg: RunConfig, method_cls, method_cfg, teacher, device):
+    """(method on ``teacher``, run config with its NFEs resolved); what only this teacher rules
+    out (e.g. BOOT's t_max beyond its steps, an NFE beyond them) is a BenchError."""
+    try:
+        method = method_cls(teacher, method_cfg, device)
+    except ValueError as exc:
+        raise BenchError(f"{run_cfg.method} config does not fit teacher {run_cfg.teacher}: {first_line(exc)}") from None
+    run_cfg = dataclasses.replace(run_cfg, nfe=run_cfg.nfe or method.default_nfe())
+    for k in run_cfg.nfe:
+        method.check_nfe(k)
+    return method, run_cfg
 
 
 @dataclasses.dataclass
@@ -77,45 +90,63 @@ def run(run_cfg: RunConfig, method_overrides: Mapping[str, Any] = (), progress: 
         hooks: Optional[RunHooks] = None) -> RunResult:
     """Distill (if the method trains), evaluate every NFE, log everything to one MLflow run."""
     from bench.features import get_extractor
-    from bench.resume import HASH_TAG, config_hash
+    from bench.resume import hash_tags
     from bench.teachers import load_teacher
-    from bench.tracking import tracked_run
 
     device = resolve_device(run_cfg.device)
     torch.manual_seed(run_cfg.seed)  # student initialisations: the same in a fresh or a reused process
     method_cls, method_cfg = build_method(run_cfg, dict(method_overrides))
     hooks = hooks or RunHooks()
-    key = config_hash(run_cfg, method_cfg)
-    hooks = dataclasses.replace(hooks, tags={**hooks.tags, HASH_TAG: key})
-    if hooks.resume:
-        hooks = _resume_point(hooks, run_cfg, key)
-    teacher = load_teacher(run_cfg.teacher, run_cfg.teacher_path, device=str(device)).to(device)
-    method = method_cls(teacher, method_cfg, device)
-    run_cfg = dataclasses.replace(run_cfg, nfe=run_cfg.nfe or method.default_nfe())
-    for k in run_cfg.nfe:
-        method.check_nfe(k)
-    extractor = get_extractor(teacher.features, inception_weights=run_cfg.inception_weights,
-                              device=str(device))
-    # mlflow is imported only now: a bad teacher or NFE fails before its ~3 s import
+    hooks = dataclasses.replace(hooks, tags={**hooks.tags, **hash_tags(run_cfg, method_cfg)})
+    with contextlib.ExitStack() as held:  # a resumed run's claim, held until it ends
+        if hooks.resume:
+            hooks = _resume_point(hooks, run_cfg, held)
+        teacher = load_teacher(run_cfg.teacher, run_cfg.teacher_path, device=str(device)).to(device)
+        method, run_cfg = make_method(run_cfg, method_cls, method_cfg, teacher, device)
+        extractor = get_extractor(teacher.features, inception_weights=run_cfg.inception_weights,
+                                  device=str(device))
+        ref = _prepare(run_cfg, teacher, extractor, device)
+        return _tracked(run_cfg, method, teacher, extractor, ref, device, progress, hooks)
+
+
+def _tracked(run_cfg, method, teacher, extractor, ref, device, progress, hooks) -> RunResult:
+    """The MLflow run: params, distillation, evaluation, artifacts."""
+    from bench.tracking import tracked_run
+
+    # mlflow is imported only now: a bad teacher, NFE or reference fails before its ~3 s import
     with tracked_run(run_cfg.experiment, run_cfg.tracking_uri, hooks.run_name, dict(hooks.tags),
                      hooks.run_id) as tracker:
         if hooks.on_start:
             hooks.on_start(tracker.run_id, tracker.workdir)
-        params = _params(run_cfg, method_cfg, device, teacher, extractor)
-        tracker.log_params(params)
-        ref = _reference(run_cfg, teacher, extractor, device)
-        tracker.log_params({"reference.resolved": ref.description, "reference.n": ref.n})
+        params = _params(run_cfg, method.config, device, teacher, extractor)
+        tracker.log_params({**params, "reference.resolved": ref.description, "reference.n": ref.n})
         ctx = DistillContext(log=_logger(tracker, hooks.on_metrics), device=device, seed=run_cfg.seed,
                              workdir=tracker.workdir, progress=progress, resume_from=hooks.checkpoint,
-                             quick_eval=_quick_eval(teacher, extractor, ref, run_cfg, device))
+                             quick_eval=_quick_eval(teacher, extractor, ref, run_cfg, device),
+                             teacher_fault=teacher.nonfinite)
         cost = _distill(method, ctx, tracker)
-        rows = _evaluate_all(run_cfg, method, teacher, extractor, ref, device, progress, tracker)
-        if hooks.on_metrics:
-            for ev in rows:
+        rows = _evaluate_all(run_cfg, method, teacher, extractor, ref, device, progress)
+        for ev in rows:  # only now: an evaluation that fails at any NFE logs no result at all
+            tracker.log_metrics(ev.metrics(), step=ev.nfe)
+            if hooks.on_metrics:
                 hooks.on_metrics({"nfe": ev.nfe, **ev.metrics()}, None)
         _log_artifacts(run_cfg, method, params, rows, teacher, tracker)
     return RunResult(tracker.run_id, [r.row() for r in rows], cost, extractor.name,
                      None if tracker.synced else str(tracker.spool))
+
+
+def _prepare(run_cfg: RunConfig, teacher, extractor, device):
+    """Every check that needs no trained student, and the reference, before the MLflow run
+    opens: a mistake there costs no distillation and leaves no empty FAILED run behind."""
+    from bench.eval_checks import check_evaluation
+
+    fault = teacher.nonfinite()
+    if fault:
+        raise BenchError(f"teacher {run_cfg.teacher} ({teacher.provenance.source}) gives non-finite output: "
+                         f"{fault}; no training or evaluation of it can give a valid number: check its weights")
+    check_evaluation(run_cfg.num_samples, extractor.dim, run_cfg.metrics,
+                     reference_has_features=not run_cfg.reference.startswith("stats:"))
+    return _reference(run_cfg, teacher, extractor, device)
 
 
 def _params(run_cfg: RunConfig, method_cfg, device, teacher, extractor) -> dict:
@@ -142,21 +173,16 @@ def _distill(method, ctx: DistillContext, tracker) -> dict[str, float]:
     return cost
 
 
-def _resume_point(hooks: RunHooks, run_cfg: RunConfig, key: str) -> RunHooks:
-    """``--resume``: the interrupted run to reopen and the checkpoint its training continues from."""
-    from bench.checkpoints import newest_checkpoint, run_workdir
-    from bench.resume import find_run
-    from bench.tracking import resolve_uri
+def _resume_point(hooks: RunHooks, run_cfg: RunConfig, held: contextlib.ExitStack) -> RunHooks:
+    """``--resume``: the run to reopen (None: a new one, e.g. a re-evaluation), its checkpoint,
+    and the claim on it, held in ``held``."""
+    from bench.resume import resume_point
 
-    found = find_run(hooks.resume, run_cfg.experiment, resolve_uri(run_cfg.tracking_uri), key)
-    if found is None:
-        print(f"bench: no interrupted run of this configuration in experiment {run_cfg.experiment!r}; "
-              f"starting a new one", file=sys.stderr)
-        return hooks
-    ckpt = hooks.checkpoint or newest_checkpoint(run_workdir(found.info.run_id, found.data.tags))
-    where = f"checkpoint {ckpt}" if ckpt else "the start (it saved no checkpoint)"
-    print(f"bench: resuming MLflow run {found.info.run_id} from {where}", file=sys.stderr)
-    return dataclasses.replace(hooks, run_id=found.info.run_id, checkpoint=ckpt)
+    point = resume_point(hooks.resume, run_cfg, dict(hooks.tags), held, hooks.checkpoint)
+    return dataclasses.replace(hooks, run_id=point.run_id, checkpoint=point.checkpoint,
+                               tags={**hooks.tags, **point.tags})
+
+
 def _logger(tracker, listener):
     def log(metrics: dict, step: int) -> None:
         tracker.log_metrics(metrics, step=step)
@@ -169,18 +195,24 @@ def _logger(tracker, listener):
 def _quick_eval(teacher, extractor, ref, run_cfg, device):
     """FID of a sampler on n samples during training (the final evaluation's first n seeds);
     n is raised to the feature dimension where smaller, since FID is undefined below it."""
+    from bench.eval_checks import NonFinite
     from bench.evaluator import SampleSpec, evaluate
 
     def quick(sampler, n: int) -> float:
         spec = SampleSpec(teacher.sample_shape, max(n, extractor.dim, 2), run_cfg.seed, run_cfg.batch_size, device)
-        with torch.no_grad():
-            return evaluate(sampler, spec, ref, extractor, metrics=("fid",), keep_samples=0).fid
+        try:
+            with torch.no_grad():
+                return evaluate(sampler, spec, ref, extractor, metrics=("fid",), keep_samples=0).fid
+        except NonFinite as exc:
+            raise BenchError(f"the quick evaluation during training found the student diverged: {exc}; "
+                             f"lower lr and continue with --resume-from the newest checkpoint") from None
 
     return quick
 
 
 def _fidelity_anchor(run_cfg, teacher, device) -> Optional[torch.Tensor]:
     """The teacher's many-step DDIM samples for the run's seeds (None if switched off)."""
+    from bench.eval_checks import check_finite
     from bench.evaluator import SampleSpec, generate
     from bench.sampling import teacher_sampler
 
@@ -189,27 +221,33 @@ def _fidelity_anchor(run_cfg, teacher, device) -> Optional[torch.Tensor]:
     n = min(run_cfg.num_samples, run_cfg.fidelity_samples)
     spec = SampleSpec(teacher.sample_shape, n, run_cfg.seed, run_cfg.batch_size, device)
     with torch.no_grad():
-        return generate(teacher_sampler(teacher, run_cfg.fidelity_steps), spec).samples
+        samples = generate(teacher_sampler(teacher, run_cfg.fidelity_steps), spec).samples
+    check_finite(samples, f"teacher DDIM-{run_cfg.fidelity_steps} samples (the fidelity anchor)")
+    return samples
 
 
-def _evaluate_all(run_cfg, method, teacher, extractor, ref, device, progress, tracker):
-    """Every NFE, scored by the shared evaluator on the same seeds; logged with step = NFE."""
+def _evaluate_all(run_cfg, method, teacher, extractor, ref, device, progress):
+    """Every NFE, scored by the shared evaluator on the same seeds; a non-finite sample, feature
+    or score anywhere is one error naming the method, teacher and NFE."""
     from tqdm.auto import tqdm
 
+    from bench.eval_checks import NonFinite
     from bench.evaluator import SampleSpec, evaluate
 
-    anchor = _fidelity_anchor(run_cfg, teacher, device)
     spec = SampleSpec(teacher.sample_shape, run_cfg.num_samples, run_cfg.seed, run_cfg.batch_size, device)
     rows = []
-    with tqdm(total=len(run_cfg.nfe) * spec.n, disable=not progress, unit="img", desc="sampling") as bar:
-        for k in run_cfg.nfe:
-            bar.set_postfix(nfe=k)
-            with torch.no_grad():
-                ev = evaluate(method.sampler(k), spec, ref, extractor, nfe=k, metrics=run_cfg.metrics,
-                              anchor=anchor, data_range=teacher.data_range,
-                              keep_samples=run_cfg.keep_samples, progress=bar.update)
-            tracker.log_metrics(ev.metrics(), step=k)
-            rows.append(ev)
+    try:
+        anchor = _fidelity_anchor(run_cfg, teacher, device)
+        with tqdm(total=len(run_cfg.nfe) * spec.n, disable=not progress, unit="img", desc="sampling") as bar:
+            for k in run_cfg.nfe:
+                bar.set_postfix(nfe=k)
+                with torch.no_grad():
+                    rows.append(evaluate(method.sampler(k), spec, ref, extractor, nfe=k, metrics=run_cfg.metrics,
+                                         anchor=anchor, data_range=teacher.data_range,
+                                         keep_samples=run_cfg.keep_samples, progress=bar.update))
+    except NonFinite as exc:
+        raise BenchError(f"{run_cfg.method} on teacher {run_cfg.teacher}: {exc}; no result was logged "
+                         f"and the run ends FAILED") from None
     return rows
 
 
@@ -217,8 +255,9 @@ def _log_artifacts(run_cfg, method, params, rows, teacher, tracker) -> None:
     import pandas as pd
 
     from bench.artifacts import save_grid, save_samples
+    from bench.files import no_space_guard
 
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp, no_space_guard(Path(tmp), "the run's artifacts"):
         out = Path(tmp)
         resolved = {"run": dataclasses.asdict(run_cfg), "method_config": dataclasses.asdict(method.config),
                     "params": params}

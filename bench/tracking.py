@@ -13,11 +13,12 @@ import os
 import platform
 import socket
 import subprocess
+import sys
 import warnings
 from pathlib import Path
 from typing import Iterator, Optional
 
-from bench.errors import BenchError, first_line
+from bench.errors import BenchError, root_cause
 
 # MLflow's HTTP client retries a dead server for ~4 minutes per call by default; a run falls
 # back to its local spool instead (bench.spool), so a few seconds of retries are enough
@@ -59,6 +60,9 @@ def version_tags() -> dict[str, str]:
 def _quiet() -> None:
     for name in ("mlflow", "alembic"):  # store creation logs are noise in a CLI
         logging.getLogger(name).setLevel(logging.WARNING)
+    # it logs every database error with a full SQLAlchemy traceback (hundreds of lines when a
+    # disk fills) before raising it; the raised error is reported, in one line, by us
+    logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
     warnings.filterwarnings("ignore", module="sqlalchemy")
     warnings.filterwarnings("ignore", module="alembic")
 
@@ -103,7 +107,16 @@ def open_run(experiment: str, uri: str, run_name: Optional[str] = None,
     except BenchError:
         raise
     except Exception as exc:  # mlflow raises many types for an unreachable or bad store
-        raise BenchError(f"cannot use MLflow store {uri}: {first_line(exc)}; check --tracking-uri") from None
+        raise store_error(uri, exc) from None
+
+
+def store_error(uri: str, exc: BaseException) -> BenchError:
+    """One line for a failed MLflow call: a value the store refused (e.g. an experiment name)
+    is not the store's address's fault; anything else names the store and its root cause."""
+    code = getattr(exc, "error_code", "")
+    if code in ("INVALID_PARAMETER_VALUE", "RESOURCE_ALREADY_EXISTS"):
+        return BenchError(f"MLflow store {uri} refused a value: {root_cause(exc)}")
+    return BenchError(f"cannot use MLflow store {uri}: {root_cause(exc)}; check --tracking-uri")
 
 
 @contextlib.contextmanager
@@ -137,10 +150,9 @@ def tracked_run(experiment: str, uri: Optional[str], run_name: Optional[str] = N
     if the store failed meanwhile, the end status waits in the spool with everything else.
     """
     import mlflow
-    from mlflow.tracking import MlflowClient
 
-    from bench.checkpoints import WORKDIR_TAG, run_workdir
-    from bench.spool import SpooledRun, pending, sync
+    from bench.checkpoints import run_workdir
+    from bench.claims import claim
 
     uri = resolve_uri(uri)
     for key, value in HTTP_DEFAULTS.items():
@@ -148,12 +160,25 @@ def tracked_run(experiment: str, uri: Optional[str], run_name: Optional[str] = N
     active = open_run(experiment, uri, run_name, tags, run_id)
     info = mlflow.get_run(active.info.run_id)
     workdir = run_workdir(active.info.run_id, info.data.tags)
-    tracker = SpooledRun(MlflowClient(uri), active.info.run_id, uri, workdir, info.data.params)
-    if pending(tracker.spool):  # an earlier attempt's spool goes first, to keep the order
-        try:
+    with claim(workdir, active.info.run_id):  # a resumed run's is held already (re-entrant)
+        yield from _tracked(uri, active.info.run_id, workdir, info, tags)
+
+
+def _tracked(uri: str, run_id: str, workdir: Path, info, tags: Optional[dict[str, str]]) -> Iterator:
+    """The body of :func:`tracked_run`, once the run is open and claimed."""
+    from mlflow.tracking import MlflowClient
+
+    from bench.checkpoints import WORKDIR_TAG
+    from bench.spool import SpooledRun, pending, sync
+
+    tracker = SpooledRun(MlflowClient(uri), run_id, uri, workdir, info.data.params)
+    try:  # an earlier attempt's spool goes first, to keep the order
+        if pending(tracker.spool):
             sync(tracker.spool, client=tracker.client)
-        except BenchError as exc:
-            tracker.offline = str(exc)
+    except BenchError as exc:  # the store still fails, or the spool is damaged
+        tracker.offline = str(exc)
+        print(f"bench: warning: {exc}; this run's params, metrics and artifacts queue behind it in "
+              f"{tracker.spool}", file=sys.stderr, flush=True)
     tracker.set_tags({**version_tags(), **(tags or {}), WORKDIR_TAG: str(workdir),
                       "bench.host": socket.gethostname(), "bench.pid": str(os.getpid())})
     status = "FAILED"

@@ -13,6 +13,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import time
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -67,6 +68,11 @@ class TrainConfig:
             raise ValueError("ema_decay must be in [0, 1)")
         if self.checkpoint_every < 0 or self.keep_checkpoints < 1:
             raise ValueError("checkpoint_every must be >= 0 and keep_checkpoints >= 1")
+        # each of these would fail only mid-training (log_every=0 is a modulo by zero)
+        for name, low in (("log_every", 1), ("warmup", 0), ("eval_every", 0), ("eval_samples", 2),
+                          ("grad_clip", 0), ("weight_decay", 0)):
+            if getattr(self, name) < low:
+                raise ValueError(f"{name} must be >= {low}, got {getattr(self, name)}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -184,6 +190,11 @@ class Trainer:
                 loss = self._step()
             except Diverged as exc:
                 bar.close()
+                fault = self.ctx.teacher_fault() if self.ctx.teacher_fault else ""
+                if fault:
+                    raise BenchError(f"training stopped at step {self.total.steps}: {exc}, because the "
+                                     f"teacher's own output is not finite ({fault}); this is no divergence "
+                                     f"(a lower lr will not help): check the teacher's weights") from None
                 raise Diverged(f"training diverged: {exc}; {self._save_last_good()}; lower lr "
                                f"(or set grad_clip) and continue with --resume-from CHECKPOINT") from None
             if self.ctx.device.type == "cuda":
@@ -268,4 +279,8 @@ class Trainer:
         self.done, self.start = Totals(**state["done"]), Totals(**state["start"])
         self.gen.set_state(state["gen"].cpu())
         torch.set_rng_state(state["torch_rng"].cpu())
-        self.extra, self._saved_step = dict(state.get("extra", {})), self.step
+        self.extra = dict(state.get("extra", {}))
+        # a checkpoint from another folder (--resume-from, a re-evaluation) is copied into this
+        # run's own at the end of training, so that this run can be resumed on its own
+        here = Path(path).resolve().parent == Path(self.ctx.workdir).resolve()
+        self._saved_step = self.step if here else -1

@@ -59,6 +59,8 @@ class BOOTConfig(TrainConfig):
             raise ValueError("delta must be >= 1 teacher step (the teacher is never queried below t = 0)")
         if not 0 < self.boundary_fraction < 1:
             raise ValueError("boundary_fraction must be in (0, 1)")
+        if self.mlp_width < 1 or self.boundary_weight < 0:
+            raise ValueError("mlp_width must be >= 1 and boundary_weight >= 0")
 
 
 @METHODS.register("boot", "BOOT: data-free one-step distillation by bootstrapping (Gu et al. 2023)")

@@ -31,6 +31,7 @@ import torch
 
 from bench.config import option
 from bench.errors import BenchError
+from bench.files import save_weights
 from bench.method import DistillContext, Method, TrainStage
 from bench.registry import METHODS
 from bench.sampling import Sampler, ddim_sample, ddim_step
@@ -64,6 +65,10 @@ class ProgressiveConfig(TrainConfig):
         ratio = self.start_steps // max(self.end_steps, 1)
         if self.end_steps < 1 or ratio < 2 or ratio & (ratio - 1) or ratio * self.end_steps != self.start_steps:
             raise ValueError("start_steps must be end_steps times a power of two (>= 2)")
+        if min(self.synthetic_samples, self.synthetic_steps, self.mlp_width) < 1 or self.fit_iterations < 0 \
+                or self.fit_lr <= 0:
+            raise ValueError("synthetic_samples, synthetic_steps and mlp_width must be >= 1, fit_iterations >= 0 "
+                             "and fit_lr > 0")
 
 
 def two_step_target(teacher: Teacher, x_t, t, t_mid, t_next) -> torch.Tensor:
@@ -202,7 +207,7 @@ class Progressive(Method):
         for n in self._step_counts():
             student = self._student_of(teacher)
             if resume_round is not None and n > resume_round:  # finished before the interruption
-                teacher = self._frozen(student, _load_round(student.net, Path(ctx.workdir) / _round_file(n)))
+                teacher = self._frozen(student, _finished_round(student.net, n, ctx))
                 self.rounds[n] = Round(n, teacher, None)
                 continue
             round_ctx = dataclasses.replace(ctx, resume_from=ctx.resume_from if n == resume_round else None)
@@ -212,7 +217,7 @@ class Progressive(Method):
             totals = trainer.total  # restored from the checkpoint where the round resumed
             teacher = self._frozen(student, trainer.ema)
             self.rounds[n] = Round(n, teacher, totals)
-            _save_round(trainer.ema, Path(ctx.workdir) / _round_file(n))
+            save_weights(trainer.ema, Path(ctx.workdir) / _round_file(n))
             self.history += trainer.history
             ctx.log({"round/steps": float(n)}, totals.steps)
         cost = totals.as_cost()
@@ -257,7 +262,6 @@ class Progressive(Method):
 
     def save_artifacts(self, out_dir: Path) -> None:
         from bench.artifacts import plot_training
-        from bench.files import save_weights
 
         for n, r in self.rounds.items():
             save_weights(r.student.net, out_dir / f"student_{n}step.safetensors")
@@ -269,11 +273,14 @@ def _round_file(n: int) -> str:
     return f"round_{n:04d}step.safetensors"
 
 
-def _save_round(net, path: Path) -> None:
-    """A finished round's student (EMA): a resumed run rebuilds earlier rounds from these."""
-    from bench.files import save_weights
-
-    save_weights(net, path)
+def _finished_round(net, n: int, ctx: DistillContext):
+    """A round finished before ``ctx.resume_from``, read beside that checkpoint (maybe another
+    run's folder) and kept in this run's folder too, for this run's own resume."""
+    beside = Path(ctx.resume_from).parent
+    net = _load_round(net, beside / _round_file(n))
+    if beside.resolve() != Path(ctx.workdir).resolve():
+        save_weights(net, Path(ctx.workdir) / _round_file(n))
+    return net
 
 
 def _load_round(net, path: Path):

@@ -49,20 +49,27 @@ def _run_metric(metrics: dict, key: str) -> float:
     return float("nan") if key == "distill_seconds" else 0.0
 
 
+RANKED_BY = ("fid_mean", "kid_mean")  # the best config: lowest FID, else lowest KID, else the first
+
+
 def best_per_method_nfe(df: pd.DataFrame) -> pd.DataFrame:
     """Mean and std over seeds per (teacher, method, config, NFE), then per (teacher, method,
-    NFE) the config with the lowest mean FID."""
+    NFE) the config with the lowest mean FID (KID where no config has an FID). Metrics a run
+    did not log (``--metrics kid``, runs of older versions) are empty (NaN) columns."""
     if df.empty:
         return df
     keys = ["teacher", "method", "config", "nfe"]
-    metrics = [c for c in PER_NFE + PER_RUN if c in df]
+    metrics = list(PER_NFE + PER_RUN)
+    df = df.reindex(columns=list(dict.fromkeys([*df.columns, *metrics])))
+    df[metrics] = df[metrics].astype(float)
     agg = df.groupby(keys)[metrics].agg(["mean", "std"])
     agg.columns = [f"{a}_{b}" for a, b in agg.columns]
     agg["seeds"] = df.groupby(keys)["seed"].nunique()
     agg["n"] = df.groupby(keys)["n"].first()
     agg["extractor"] = df.groupby(keys)["extractor"].first()
     agg = agg.reset_index()
-    best = agg.loc[agg.groupby(["teacher", "method", "nfe"])["fid_mean"].idxmin()]
+    ranked = agg.sort_values(list(RANKED_BY), na_position="last", kind="stable")
+    best = ranked.groupby(["teacher", "method", "nfe"], sort=False).head(1)
     return best.sort_values(["teacher", "method", "nfe"]).reset_index(drop=True)
 
 

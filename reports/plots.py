@@ -17,32 +17,42 @@ def pareto_front(points: list[tuple[float, float]]) -> list[tuple[float, float]]
 
 
 def plot_teacher(best: pd.DataFrame, teacher: str, out_dir: Path) -> list[Path]:
+    """FID against NFE, sampling wall-clock and distillation cost; KID where the runs logged no
+    FID (on a linear axis: the unbiased KID can be negative); nothing where they logged neither.
+    A plot whose points are all missing is left out."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     rows = best[best.teacher == teacher]
-    paths = []
-    specs = [("nfe", "NFE (network evaluations)", "fid_vs_nfe"),
-             ("sample_seconds_per_image_mean", "sampling seconds per image", "fid_vs_wallclock"),
-             ("cost", "distillation cost: train seconds (none: shown at 1)", "fid_vs_cost")]
+    metric = next((m for m in ("fid", "kid") if rows[f"{m}_mean"].notna().any()), None)
+    if metric is None:
+        return []
+    y, paths = f"{metric}_mean", []
+    specs = [("nfe", "NFE (network evaluations)", "vs_nfe"),
+             ("sample_seconds_per_image_mean", "sampling seconds per image", "vs_wallclock"),
+             ("cost", "distillation cost: train seconds (none: shown at 1)", "vs_cost")]
     rows = rows.assign(cost=rows["train_seconds_mean"].fillna(0).clip(lower=1))
     for x, label, name in specs:
-        fig, ax = plt.subplots(figsize=(5, 3.6))
         # cost only means something at equal NFE: compare the one-step results
-        data = rows[rows.nfe == rows.nfe.min()] if name == "fid_vs_cost" else rows
+        data = rows[rows.nfe == rows.nfe.min()] if name == "vs_cost" else rows
+        data = data[data[x].notna() & data[y].notna()]
+        if data.empty:
+            continue
+        fig, ax = plt.subplots(figsize=(5, 3.6))
         for method, grp in data.groupby("method"):
             grp = grp.sort_values(x)
-            ax.plot(grp[x], grp["fid_mean"], marker="o", label=method)
-        if name == "fid_vs_cost":
-            front = pareto_front(list(zip(data["cost"], data["fid_mean"])))
+            ax.plot(grp[x], grp[y], marker="o", label=method)
+        front = pareto_front(list(zip(data["cost"], data[y]))) if name == "vs_cost" else []
+        if front:
             ax.plot(*zip(*front), "k--", marker="s", mfc="none", ms=10, alpha=0.5, label="Pareto front")
-        nfe_note = f", NFE {int(rows.nfe.min())}" if name == "fid_vs_cost" else ""
-        ax.set(xscale="log", yscale="log", xlabel=label, ylabel="FID", title=teacher + nfe_note)
+        nfe_note = f", NFE {int(rows.nfe.min())}" if name == "vs_cost" else ""
+        ax.set(xscale="log", yscale="log" if metric == "fid" else "linear", xlabel=label,
+               ylabel=metric.upper(), title=teacher + nfe_note)
         ax.legend(fontsize=8)
         fig.tight_layout()
-        path = out_dir / f"{teacher}_{name}.png"
+        path = out_dir / f"{teacher}_{metric}_{name}.png"
         fig.savefig(path, dpi=100)
         plt.close(fig)
         paths.append(path)

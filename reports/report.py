@@ -34,7 +34,7 @@ def build_report(experiment: str, out_dir: Path, baseline: tuple[str, int], trac
     if raw.empty:
         raise BenchError(f"experiment {experiment!r} holds no finished bench runs; run `bench run` first")
     best = best_per_method_nfe(raw)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    _make_folder(out_dir)
     tables, sections = {}, []
     for teacher in sorted(best.teacher.unique()):
         table, caption = main_table(best, teacher, baseline)
@@ -53,6 +53,15 @@ def build_report(experiment: str, out_dir: Path, baseline: tuple[str, int], trac
         with mlflow_run(experiment, uri, run_name="report", tags={"bench.report": "true"}):
             mlflow.log_artifacts(str(out_dir), artifact_path="report")
     return tables
+
+
+def _make_folder(out_dir: Path) -> None:
+    if out_dir.exists() and not out_dir.is_dir():
+        raise BenchError(f"--out {out_dir} is a file; give a folder for the report's files")
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise BenchError(f"cannot create the report folder {out_dir}: {exc.strerror}") from None
 
 
 def _write_html(path: Path, experiment: str, sections, raw: pd.DataFrame, tags: dict) -> None:

@@ -154,9 +154,93 @@ def test_no_unsafe_loads_in_the_code_base():
 
 @pytest.mark.parametrize("args, host", [([], "127.0.0.1"), (["--host", "0.0.0.0"], "0.0.0.0")])
 def test_bench_ui_binds_localhost_unless_told(args, host, tmp_path, monkeypatch):
+    from bench import ui
+
     seen = {}
-    monkeypatch.setattr(os, "execve", lambda exe, cmd, env: seen.update(cmd=cmd))
+    monkeypatch.setattr(ui, "serve", lambda uri, host, port: seen.update(cmd=ui.server_command(uri, host, port)))
     main(["ui", "--tracking-uri", f"sqlite:///{tmp_path / 'm.db'}", *args])
     cmd = seen["cmd"]
     assert cmd[cmd.index("--host") + 1] == host
 
+
+@pytest.mark.parametrize("text, message", [
+    ("fidelity_samples: [3]\n", r"bad value for run field 'fidelity_samples': \[3\] \(expected int, got list \[3\]\)"),
+    ("num_samples: 2.5\n", r"'num_samples': 2.5 \(expected int, got float 2.5\)"),
+    ("seed: true\n", r"'seed': True \(expected int, got bool True\)"),
+    ("experiment: 2024\n", r"'experiment': 2024 \(expected str, got int 2024\)"),
+    ("nfe: {a: 1}\n", r"'nfe': \{'a': 1\} \(expected a list of int or none, got dict"),
+    ("teacher_path: [a]\n", r"'teacher_path': \['a'\] \(expected str or none, got list"),
+    ("set: 5\n", r"set: must be a mapping of method field: value, got int"),
+    ("method: boot\nset: {lr: [1]}\n", r"bad value for boot config field 'lr': \[1\] \(expected float, got list"),
+    ("method: boot\nset: {lr: .nan}\n", r"'lr': nan \(expected a finite number, got nan\)"),
+])
+def test_yaml_types_are_checked_when_the_config_is_built(text, message, tracking_uri, tmp_path, capfd):
+    """Before: fidelity_samples: [3] failed with a TypeError after the run had started."""
+    config = tmp_path / "c.yaml"
+    config.write_text("teacher: gmm2d\n" + text)
+    _one_line(["--config", str(config), "--tracking-uri", tracking_uri], capfd, message)
+    assert not (tmp_path / "mlflow.db").exists()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--seed", "99999999999999999999"], r"invalid run: seed must be in 0\.\.4294967295, got 99999999999999999999"),
+    (["--seed=-1"], r"seed must be in 0\.\.4294967295, got -1"),
+    (["--nfe", "1,,2"], r"bad value for run field 'nfe': '1,,2' \(empty element in '1,,2'\)"),
+    (["--nfe", "1,2,"], r"empty element in '1,2,'"),
+    (["--experiment", ""], r"invalid run: experiment must be a non-empty name"),
+    (["--reference", "stats"], r"unknown reference 'stats'; use auto, data, teacher, folder:PATH or stats:PATH.npz"),
+    (["--fidelity-steps", "-3"], r"fidelity_steps must be >= 0, got -3"),
+])
+def test_values_out_of_range_are_one_line(args, message, tracking_uri, tmp_path, capfd):
+    """Before: a seed too large for torch was a traceback; --nfe 1,,2 ran as 1,2; --experiment ''
+    was blamed on --tracking-uri."""
+    _one_line(["--teacher", "gmm2d", *args, "--tracking-uri", tracking_uri], capfd, message)
+    assert not (tmp_path / "mlflow.db").exists()
+
+
+def test_teacher_path_that_is_a_file(tracking_uri, tmp_path, capfd):
+    (tmp_path / "weights.safetensors").write_bytes(b"x")
+    _one_line(["--teacher-path", str(tmp_path / "weights.safetensors"), "--tracking-uri", tracking_uri], capfd,
+              r"teacher path .*weights.safetensors is a file; --teacher-path takes the folder that holds unet/")
+
+
+@pytest.mark.parametrize("part, what", [("unet/config.json", "the UNet's config"),
+                                        ("scheduler/scheduler_config.json", "the noise schedule's config")])
+def test_broken_config_json_is_blamed_not_the_weights(part, what, tracking_uri, tmp_path, capfd):
+    folder = _digits_copy(tmp_path)
+    (folder / part).write_text("{broken")
+    line = _one_line(["--teacher-path", str(folder), "--tracking-uri", tracking_uri], capfd,
+                     rf"{part} \({what}\) is not valid JSON \(Expecting property name")
+    assert "weights" not in line
+
+
+def test_text_file_as_reference_statistics_leaves_no_run(tracking_uri, tmp_path, capfd):
+    """Before: "pickled (object) data", and an empty FAILED run left in the store."""
+    (tmp_path / "stats.txt").write_text("mu sigma\n")
+    _one_line(["--teacher", "gmm2d", "--nfe", "1", "--num-samples", "50", "--metrics", "fid", "--reference",
+               f"stats:{tmp_path / 'stats.txt'}", "--tracking-uri", tracking_uri], capfd,
+              r"reference statistics .*stats.txt are not an .npz file \(a zip archive\); it must be an .npz")
+    assert not (tmp_path / "mlflow.db").exists()
+
+
+def test_truncated_checkpoint_message_is_whole_sentences(tracking_uri, tmp_path, capfd):
+    torch.save({"model": {"w": torch.zeros(1000)}, "step": 1}, tmp_path / "c.pt")
+    (tmp_path / "t.pt").write_bytes((tmp_path / "c.pt").read_bytes()[:2000])
+    line = _one_line(["--method", "boot", "--teacher", "gmm2d", "--nfe", "1", "--num-samples", "20",
+                      "--resume-from", str(tmp_path / "t.pt"), "--tracking-uri", tracking_uri], capfd,
+                     r"cannot be loaded as weights: it is truncated, corrupt or pickled \(.*\.\); delete it to "
+                     r"resume from an older one$")
+    assert "your checkpoint file is)" not in line
+
+
+def test_a_value_the_store_refuses_is_not_blamed_on_the_tracking_uri():
+    from mlflow.exceptions import MlflowException
+    from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
+
+    from bench.tracking import store_error
+
+    refused = store_error("sqlite:///x.db", MlflowException("Invalid experiment name: ''",
+                                                            error_code=INVALID_PARAMETER_VALUE))
+    assert str(refused) == "MLflow store sqlite:///x.db refused a value: Invalid experiment name: ''"
+    down = store_error("http://h:1", ConnectionError("Connection refused"))
+    assert str(down) == "cannot use MLflow store http://h:1: Connection refused; check --tracking-uri"

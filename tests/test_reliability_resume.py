@@ -211,3 +211,20 @@ def test_progressive_resumes_across_rounds_bitwise(tmp_path, one_thread):
                 assert torch.equal(p, q), (stop, n)
         assert resumed_cost["teacher_forwards"] == cost["teacher_forwards"]
         assert resumed_cost["train_iterations"] == cost["train_iterations"] == 8
+
+
+def test_sigterm_ends_the_run_killed_with_exit_143(tmp_path):
+    """Before: 130, the Ctrl-C code. 143 is 128 + SIGTERM, what a scheduler expects."""
+    uri = f"sqlite:///{tmp_path / 'm.db'}"
+    proc = subprocess.Popen([sys.executable, "-m", "bench", *BOOT_ARGS[:-1], "--set", "iterations=5000",
+                             "--tracking-uri", uri, "--quiet"], cwd=tmp_path, env=bench_env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 240
+    while not list((tmp_path / "checkpoints").glob("*/checkpoint_*.pt")):
+        assert proc.poll() is None and time.time() < deadline, "no checkpoint appeared"
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143 and err.strip().splitlines() == ["bench: terminated (SIGTERM)"], err
+    _, run = _only_run(uri)
+    assert run.info.status == "KILLED"

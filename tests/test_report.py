@@ -74,3 +74,73 @@ def test_pareto_front():
     from reports.plots import pareto_front
 
     assert pareto_front([(1, 65.0), (400, 0.6), (450, 0.7), (300, 5.0), (1, 70.0)]) == [(1, 65.0), (300, 5.0), (400, 0.6)]
+
+
+SUBSETS = [("fid",), ("kid",), ("precision", "recall"), ("fid", "kid"), ("kid", "precision", "recall"),
+           ("fid", "kid", "precision", "recall"), ()]
+
+
+def _logged_run(client, exp, method, metrics, seed=0, old=False):
+    """A finished run as `bench run` logs it, with only ``metrics`` per NFE; ``old``: as versions
+    before the cost metrics' rename and the feature_extractor param logged it."""
+    from mlflow.entities import Metric, Param
+
+    run_id = client.create_run(exp).info.run_id
+    params = {"method": method, "teacher": "t", "n": "100", "seed": str(seed)}
+    if not old:
+        params["feature_extractor"] = "points"
+    client.log_batch(run_id, params=[Param(k, v) for k, v in params.items()])
+    values = [Metric(m, 0.1 * (i + 1) + nfe, 0, nfe) for nfe in (1, 2) for i, m in enumerate(metrics)]
+    values += [Metric("teacher_nfe" if old else "teacher_forwards", 1000.0, 0, 0)]
+    values += [] if old else [Metric("sample_seconds_per_image", 0.01 * nfe, 0, nfe) for nfe in (1, 2)]
+    client.log_batch(run_id, metrics=values)
+    client.set_terminated(run_id, "FINISHED")
+    return run_id
+
+
+@pytest.mark.parametrize("metrics", SUBSETS, ids=lambda m: "+".join(m) or "none")
+def test_every_combination_of_logged_metrics_renders(metrics, tmp_path):
+    """Before: runs logged with --metrics kid crashed the report (KeyError 'fid_mean')."""
+    from mlflow.tracking import MlflowClient
+
+    from reports.report import build_report
+
+    uri = f"sqlite:///{tmp_path / 'm.db'}"
+    client = MlflowClient(uri)
+    exp = client.create_experiment("mix")
+    _logged_run(client, exp, "a", metrics)
+    tables = build_report("mix", tmp_path / "out", ("a", 1), uri, log=False)
+    table = tables["t"].set_index(["method", "NFE"])
+    for name, key in (("FID ↓", "fid"), ("KID ↓", "kid"), ("precision ↑", "precision"), ("recall ↑", "recall")):
+        cell = table.loc[("a", 2), name]
+        assert (cell != "–") == (key in metrics), (name, cell)
+    assert (tmp_path / "out" / "t.md").is_file() and (tmp_path / "out" / "report.html").is_file()
+
+
+def test_runs_of_every_kind_in_one_experiment(tmp_path, capsys):
+    from mlflow.tracking import MlflowClient
+
+    uri = f"sqlite:///{tmp_path / 'm.db'}"
+    client = MlflowClient(uri)
+    exp = client.create_experiment("mix")
+    for i, metrics in enumerate(SUBSETS):
+        _logged_run(client, exp, f"m{i}", metrics, seed=i)
+        _logged_run(client, exp, f"m{i}", metrics, seed=i + 10)  # two seeds: mean ± std
+    _logged_run(client, exp, "old", ("fid",), old=True)
+    assert main(["report", "--experiment", "mix", "--tracking-uri", uri, "--out", str(tmp_path / "r")]) == 0
+    out = capsys.readouterr().out
+    assert "old" in out and "m6" in out
+    md = (tmp_path / "r" / "t.md").read_text()
+    assert "| old | 1 | 1.100 |" in md and "| m1 | 1 | – | 1.1000 ± 0.0000 |" in md, md
+
+
+def test_report_of_a_real_kid_only_run_and_an_out_that_is_a_file(tracking_uri, tmp_path, capfd):
+    assert main(["run", "--teacher", "gmm2d", "--nfe", "1,2", "--num-samples", "50", "--metrics", "kid",
+                 "--tracking-uri", tracking_uri, "--quiet"]) == 0
+    assert main(["report", "--tracking-uri", tracking_uri, "--out", str(tmp_path / "rep")]) == 0
+    assert "ddim" in capfd.readouterr().out
+    assert (tmp_path / "rep" / "gmm2d_kid_vs_nfe.png").is_file()  # KID, as no run has an FID
+    (tmp_path / "afile").write_text("x")
+    assert main(["report", "--tracking-uri", tracking_uri, "--out", str(tmp_path / "afile")]) == 2
+    err = capfd.readouterr().err.strip().splitlines()
+    assert err == [f"bench: error: --out {tmp_path / 'afile'} is a file; give a folder for the report's files"]

@@ -108,6 +108,27 @@ class Teacher(nn.Module):
                 "sample_shape": list(self.sample_shape), "num_classes": self.num_classes,
                 "schedule": schedule[:16], "net": net.hexdigest()[:16]}
 
+    @torch.no_grad()
+    def nonfinite(self) -> str:
+        """'' if the weights and the predictions on a fixed probe (2 noise draws at the first
+        and last step: two small forwards) are finite, else what is not: a
+        teacher with a NaN weight gives NaN samples, and every score of them would be wrong."""
+        device = torch.device("cpu")
+        if isinstance(self.net, nn.Module):
+            for name, tensor in [*self.net.named_parameters(), *self.net.named_buffers()]:
+                bad = int((~torch.isfinite(tensor)).sum()) if tensor.is_floating_point() else 0
+                if bad:
+                    return f"{bad} of its weights in {name} are not finite (NaN or inf)"
+                device = tensor.device
+        gen = torch.Generator().manual_seed(0)
+        x = torch.randn((2,) + self.sample_shape, generator=gen).to(device)
+        cond = torch.zeros(2, dtype=torch.long, device=device) if self.num_classes else None
+        for t in sorted({self.T - 1, 0}, reverse=True):
+            x0, eps = self.predict(x, t, cond)
+            if not (torch.isfinite(x0).all() and torch.isfinite(eps).all()):
+                return f"its prediction at step {t} is not finite (NaN or inf) on finite noise"
+        return ""
+
     def coefficients(self, t: torch.Tensor, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """alpha_t, sigma_t shaped to broadcast against ``like`` (computed in float64)."""
         t = torch.as_tensor(t, dtype=torch.float64).expand(like.shape[0])

@@ -46,6 +46,9 @@ def load_unet_folder(root: Path, provenance_source: str, revision: str = "",
                      name: str = "teacher", device: str = "cpu") -> Teacher:
     """Load a diffusers UNet2DModel + DDPM-style scheduler folder as a Teacher."""
     root = Path(root)
+    if root.exists() and not root.is_dir():
+        raise BenchError(f"teacher path {root} is a file; --teacher-path takes the folder that holds "
+                         f"unet/ and scheduler/ (or config.json and the weights)")
     if not root.is_dir():
         raise BenchError(f"teacher folder {root} does not exist; pass an existing --teacher-path")
     unet_dir = _component_dir(root, "unet")
@@ -53,6 +56,9 @@ def load_unet_folder(root: Path, provenance_source: str, revision: str = "",
     if weights is None or not (unet_dir / "config.json").is_file():
         raise BenchError(f"{unet_dir} holds no diffusers UNet (config.json + {WEIGHT_FILES[0]}); "
                          f"save one with UNet2DModel.save_pretrained or pass another --teacher-path")
+    scheduler_dir = _component_dir(root, "scheduler")
+    _check_json(unet_dir / "config.json", "the UNet's config")
+    _check_json(scheduler_dir / "scheduler_config.json", "the noise schedule's config")
     from diffusers import DDPMScheduler, UNet2DModel
 
     logging.getLogger("diffusers").setLevel(logging.ERROR)
@@ -62,8 +68,27 @@ def load_unet_folder(root: Path, provenance_source: str, revision: str = "",
     except (OSError, RuntimeError, ValueError) as exc:
         raise BenchError(f"cannot load the UNet in {unet_dir}: {_load_failure(exc)}; "
                          f"pass a folder saved by UNet2DModel.save_pretrained") from None
-    scheduler = DDPMScheduler.from_pretrained(_component_dir(root, "scheduler"))
+    try:
+        scheduler = DDPMScheduler.from_pretrained(scheduler_dir)
+    except (OSError, ValueError, TypeError) as exc:
+        raise BenchError(f"cannot load the noise schedule in {scheduler_dir}: {first_line(exc, 200)}") from None
     return unet_teacher(unet, scheduler, Provenance(provenance_source, revision, sha256_of(weights)))
+
+
+def _check_json(path: Path, what: str) -> None:
+    """A missing or broken JSON config is that file's fault, not the weights' (diffusers
+    reports both alike)."""
+    import json
+
+    if not path.is_file():
+        raise BenchError(f"{path} ({what}) is missing; pass a folder saved by diffusers' save_pretrained")
+    try:
+        config = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise BenchError(f"{path} ({what}) is not valid JSON ({first_line(exc, 120)}); restore it from "
+                         f"the model's source") from None
+    if not isinstance(config, dict):
+        raise BenchError(f"{path} ({what}) must hold a JSON object, got {type(config).__name__}")
 
 
 class _UNetNet(torch.nn.Module):
