@@ -54,6 +54,11 @@ MUTANTS = [
     M("methods/boot.py", "return f_u + w * (f_c - f_u)", "return f_c + w * (f_c - f_u)", "BOOT guidance from the conditional side"),
     M("methods/boot.py", "per_row = 2.0 if", "per_row = 1.0 if", "BOOT guided rows counted as one forward"),
     M("methods/boot.py", "teacher_rows = B if self.boundary_mode", "teacher_rows = B - nb if self.boundary_mode", "BOOT teacher boundary rows not counted"),
+    M("methods/boot.py", "t = torch.where(t > self.t_max - cfg.delta, torch.full_like(t, float(self.t_max)), t)", "pass", "BOOT trunc: first-window rows read at their own t"),
+    M("methods/boot.py", "share = d / self.t_max", "share = 2 * d / self.t_max", "BOOT trunc: first window gets two delta-steps' share"),
+    M("methods/boot.py", "below = (self.t_max - d - k).clamp(0, 1)", "below = (self.t_max - k).clamp(0, 1)", "BOOT trunc: log-SNR range up to t_max (logsnr again)"),
+    M("methods/boot.py", "w = (lam[:-1] - lam[1:]).clamp(min=0) * below", "w = torch.ones_like(lam[1:]) * below", "BOOT trunc: uniform in t below the window"),
+    M("bench/student.py", "if teacher.prediction_type in (\"v_prediction\", \"epsilon\"):", "if teacher.prediction_type == \"v_prediction\":", "eps-student head read as y (old start)"),
     M("methods/boot.py", "< 0.5 else \"definition\"", "> 0.5 else \"definition\"", "BOOT boundary auto inverted"),
     # students (bench/student.py)
     M("bench/student.py", "self.c_skip = float(teacher.schedule.alpha(t_max))", "self.c_skip = float(teacher.schedule.sigma(t_max))", "v-student c_skip sigma"),

@@ -238,6 +238,7 @@ def test_boot_trains_on_diffusers_teachers(prediction_type, tmp_path):
     assert x.shape == (4, 1, 8, 8) and torch.isfinite(x).all()
 
 
+@pytest.mark.fast
 def test_trunc_draw_spends_rows_where_the_trajectory_moves():
     """digits' cosine schedule (beta capped at 0.999) drops log-SNR by 6.9 in its last step, so
     logsnr puts ~23% of the rows at t >= 998 and ~43% above t_max - delta. trunc gives that
@@ -257,6 +258,7 @@ def test_trunc_draw_spends_rows_where_the_trajectory_moves():
         assert float((a < edge).double().mean()) == pytest.approx(float((b < edge).double().mean()), abs=0.01)
 
 
+@pytest.mark.fast
 def test_trunc_reads_the_student_only_where_it_is_trained():
     """Every input g(eps, t) is a trained point: t_max (the boundary) or t <= t_max - delta (some
     row's s); rows drawn in (t_max - delta, t_max) bootstrap from t_max to s = t - delta."""
