@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# The README's result tables, regenerated: DDIM, BOOT and progressive distillation on the
+# embedded digits teacher with their default configs, one MLflow experiment, then
+# `bench report` writes the tables and plots into docs/results/ (nothing is copied by hand).
+# About 25 min on a 2-core CPU (BOOT 3,000 steps ~9 min, each PD run 5-8 min).
+#
+#   bash scripts/results.sh                       # from the repo root
+#   STORE=sqlite:////tmp/r.db N=1000 bash scripts/results.sh
+#
+# Env: STORE (sqlite:///./results.db), EXPERIMENT (results-digits), N (samples, 1000),
+# OUT (docs/results), BENCH (.venv/bin/bench), REPORT_ONLY=1 (skip the runs).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+STORE=${STORE:-sqlite:///./results.db}
+EXPERIMENT=${EXPERIMENT:-results-digits}
+N=${N:-1000}
+OUT=${OUT:-docs/results}
+BENCH=${BENCH:-.venv/bin/bench}
+export HF_HUB_OFFLINE=1 MLFLOW_DISABLE_TELEMETRY=true
+common=(--teacher digits --num-samples "$N" --seed 0 --quiet --experiment "$EXPERIMENT" --tracking-uri "$STORE")
+
+if [ "${REPORT_ONLY:-0}" != 1 ]; then
+  "$BENCH" run --method ddim --nfe 1,2,4,8,16,32,64 "${common[@]}"
+  "$BENCH" run --method boot --nfe 1 "${common[@]}"
+  "$BENCH" run --method progressive --set data=real "${common[@]}"
+  "$BENCH" run --method progressive --set data=synthetic "${common[@]}"
+fi
+rm -rf "$OUT"
+"$BENCH" report --experiment "$EXPERIMENT" --tracking-uri "$STORE" --out "$OUT" --format md,csv \
+  --baseline-method ddim --baseline-steps 64
+echo "results: tables and plots in $OUT/"
