@@ -8,6 +8,8 @@
 #   DEVICE=cpu ARCHS=digits QUICK=1 bash scripts/gpu_bench.sh   # the same code path on a CPU
 #
 # Env: DEVICE (cuda), ARCHS ("cifar10 lsun_bedroom"), WHEELS (wheels), OUT (perf_out),
+# DEPS_DIR (.gpu_deps, git-ignored: where the wheels are unpacked; keep it out of a device
+# call's $OUT, whose files come back, 8 at most),
 # COMPILE (sampler; "all" also compiles training: +2-3 min per arch), ARCH_TIMEOUT (s, 170),
 # PYTHON (python3), QUICK=1 (tiny settings: checks the path, figures meaningless).
 set -euo pipefail
@@ -17,19 +19,21 @@ DEVICE=${DEVICE:-cuda}
 ARCHS=${ARCHS:-"cifar10 lsun_bedroom"}
 WHEELS=${WHEELS:-wheels}
 OUT=${OUT:-perf_out}
-DEPS=${DEPS_DIR:-$OUT/deps}
+DEPS=${DEPS_DIR:-.gpu_deps}
 COMPILE=${COMPILE:-sampler}
-mkdir -p "$OUT" "$DEPS"
+mkdir -p "$OUT"
 start=$SECONDS
 
 # 1. dependencies: unpack from the wheels only what this python cannot import already
 if [ -d "$WHEELS" ]; then
+  mkdir -p "$DEPS"
   "$PY" scripts/install_wheels.py "$WHEELS" "$DEPS"
+  DEPS=$(cd "$DEPS" && pwd)  # absolute: PYTHONPATH must not depend on the working directory
+  export PYTHONPATH="$PWD:$DEPS${PYTHONPATH:+:$PYTHONPATH}"
 else
   echo "gpu_bench: no $WHEELS/ folder; using the packages this python has (run scripts/fetch_wheels.sh to bring them)"
+  export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 fi
-DEPS=$(cd "$DEPS" && pwd)  # absolute: PYTHONPATH must not depend on the working directory
-export PYTHONPATH="$PWD:$DEPS${PYTHONPATH:+:$PYTHONPATH}"
 export HF_HUB_OFFLINE=1 MLFLOW_DISABLE_TELEMETRY=true TOKENIZERS_PARALLELISM=false
 "$PY" -c "import torch, diffusers, torch_fidelity; print('gpu_bench: torch', torch.__version__, \
 'cuda', torch.cuda.is_available(), torch.cuda.get_device_name() if torch.cuda.is_available() else '')"

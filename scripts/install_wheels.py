@@ -4,12 +4,16 @@
 
 A wheel is installed only if this interpreter cannot already import its module (so the GPU
 image's own numpy, torch, pillow, ... are never shadowed), except for the diffusers stack,
-whose versions must match what we tested. Wheels are zip archives; installing one without
-pip is unpacking it (``*.data/purelib|platlib`` go to the top). Among several builds of one
-package the first whose tags this interpreter supports is used. Put TARGET_DIR on PYTHONPATH.
+whose versions must match what we tested, and except where a wheel being installed needs a
+newer version of a package this interpreter has (e.g. pydantic needs typing-extensions >= 4.16):
+then the brought wheel of that package is installed too, and if none was brought the conflict
+is printed (the run may still work: it is a warning). Wheels are zip archives; installing one
+without pip is unpacking it (``*.data/purelib|platlib`` go to the top). Among several builds of
+one package the first whose tags this interpreter supports is used. Put TARGET_DIR on PYTHONPATH.
 """
 from __future__ import annotations
 
+import importlib.metadata
 import importlib.util
 import re
 import sys
@@ -19,8 +23,16 @@ from pathlib import Path
 # distribution -> import name, where they differ
 MODULES = {"huggingface_hub": "huggingface_hub", "importlib_metadata": "importlib_metadata",
            "pyyaml": "yaml", "torch_fidelity": "torch_fidelity", "charset_normalizer": "charset_normalizer",
-           "typing_extensions": "typing_extensions", "hf_xet": "hf_xet", "pillow": "PIL"}
+           "typing_extensions": "typing_extensions", "hf_xet": "hf_xet", "pillow": "PIL",
+           "databricks_sdk": "databricks", "opentelemetry_api": "opentelemetry.trace",
+           "opentelemetry_sdk": "opentelemetry.sdk", "opentelemetry_proto": "opentelemetry.proto",
+           "opentelemetry_semantic_conventions": "opentelemetry.semconv", "protobuf": "google.protobuf",
+           "python_dateutil": "dateutil", "scikit_learn": "sklearn", "gitpython": "git"}
 ALWAYS = {"diffusers", "huggingface_hub", "torch_fidelity", "httpx2", "httpcore2"}
+
+
+def _norm(name: str) -> str:
+    return re.sub(r"[-_.]+", "_", name).lower()
 
 
 def _supported_tags() -> set[str]:
@@ -37,6 +49,65 @@ def _tags(wheel: Path) -> set[str]:
     """Expanded tags of a wheel file name (compressed sets such as manylinux a.b split out)."""
     py, abi, plat = wheel.stem.split("-")[-3:]
     return {f"{p}-{a}-{q}" for p in py.split(".") for a in abi.split(".") for q in plat.split(".")}
+
+
+def _importable(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):  # a dotted name whose parent package is missing
+        return False
+
+
+def _installed_version(dist: str):
+    try:
+        return importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def _requirements(wheel: Path) -> list:
+    """The wheel's Requires-Dist entries that apply here (no extras), as packaging Requirements."""
+    from packaging.requirements import InvalidRequirement, Requirement
+
+    with zipfile.ZipFile(wheel) as zf:
+        meta = next((n for n in zf.namelist() if re.match(r"[^/]+\.dist-info/METADATA$", n)), None)
+        text = zf.read(meta).decode("utf-8", "replace") if meta else ""
+    found = []
+    for line in text.split("\n\n", 1)[0].splitlines():
+        if not line.startswith("Requires-Dist:"):
+            continue
+        try:
+            req = Requirement(line.split(":", 1)[1].strip())
+        except InvalidRequirement:
+            continue
+        if req.marker is None or req.marker.evaluate({"extra": ""}):
+            found.append(req)
+    return found
+
+
+def _too_old(chosen: dict[str, Path], unpack: set[str]) -> tuple[set[str], list[str]]:
+    """Packages this interpreter has in a version that a wheel being unpacked does not accept:
+    (those brought as wheels, to unpack as well; conflicts nothing was brought for)."""
+    try:
+        import packaging.requirements  # noqa: F401
+    except ImportError:
+        return set(), []
+    more, conflicts, todo = set(), [], sorted(unpack)
+    while todo:
+        dist = todo.pop()
+        for req in _requirements(chosen[dist]):
+            name = _norm(req.name)
+            if name in unpack or name in more:
+                continue
+            have = _installed_version(name)
+            if have is None or req.specifier.contains(have, prereleases=True):
+                continue  # missing on purpose (e.g. mlflow's server deps), or good enough
+            if name in chosen:
+                more.add(name)
+                todo.append(name)
+            else:
+                conflicts.append(f"{dist} needs {req}, this python has {name} {have}")
+    return more, conflicts
 
 
 def _unpack(wheel: Path, target: Path) -> None:
@@ -58,17 +129,20 @@ def _unpack(wheel: Path, target: Path) -> None:
 def main(wheels: str, target: str) -> int:
     supported, chosen = _supported_tags(), {}
     for wheel in sorted(Path(wheels).glob("*.whl")):
-        dist = wheel.name.split("-")[0].lower().replace("-", "_")
+        dist = _norm(wheel.name.split("-")[0])
         if dist not in chosen and _tags(wheel) & supported:
             chosen[dist] = wheel
-    installed = []
-    for dist, wheel in sorted(chosen.items()):
-        module = MODULES.get(dist, dist)
-        if dist in ALWAYS or importlib.util.find_spec(module) is None:
-            _unpack(wheel, Path(target))
-            installed.append(dist)
+    unpack = {d for d in chosen if d in ALWAYS or not _importable(MODULES.get(d, d))}
+    newer, conflicts = _too_old(chosen, unpack)
+    for dist in sorted(unpack | newer):
+        _unpack(chosen[dist], Path(target))
+    installed = sorted(unpack)
+    if newer:
+        installed += [f"{d} (newer than this python's {_installed_version(d)})" for d in sorted(newer)]
     print(f"install_wheels: {len(installed)} of {len(chosen)} wheels unpacked into {target}: "
           f"{', '.join(installed) or 'none needed'}")
+    for line in conflicts:
+        print(f"install_wheels: warning: {line}", file=sys.stderr)
     return 0
 
 
