@@ -72,13 +72,14 @@ def prune(workdir: Path, keep: int) -> None:
         old.unlink(missing_ok=True)
 
 
-def read_checkpoint(path: Path, device="cpu") -> dict:
-    """A checkpoint's state, loaded as weights only; unreadable files are one-line BenchErrors."""
+def read_checkpoint(path: Path, device="cpu", mmap: bool = False) -> dict:
+    """A checkpoint's state, loaded as weights only; unreadable files are one-line BenchErrors.
+    ``mmap=True`` maps the tensors instead of reading them: a cheap check before a run opens."""
     path = Path(path)
     if not path.is_file():
         raise BenchError(f"checkpoint {path} does not exist; pass an existing checkpoint file")
     try:
-        state = torch.load(path, map_location=device, weights_only=True)
+        state = torch.load(path, map_location=device, weights_only=True, mmap=mmap)
     except Exception as exc:  # torch raises several types for truncated, corrupt or pickled files
         raise BenchError(f"checkpoint {path} cannot be loaded as weights: it is truncated, corrupt or "
                          f"pickled ({first_line(exc, 160)}); delete it to resume from an older one") from None

@@ -16,6 +16,7 @@ from typing import Any, Callable, Mapping, Optional
 import torch
 
 from bench import config as cfgs
+from bench.checkpoints import read_checkpoint
 from bench.errors import BenchError, first_line
 from bench.method import DistillContext
 from bench.run_config import RunConfig
@@ -101,6 +102,8 @@ def run(run_cfg: RunConfig, method_overrides: Mapping[str, Any] = (), progress: 
     with contextlib.ExitStack() as held:  # a resumed run's claim, held until it ends
         if hooks.resume:
             hooks = _resume_point(hooks, run_cfg, held)
+        if hooks.checkpoint:  # a truncated or foreign file fails here, before a run is opened
+            read_checkpoint(hooks.checkpoint, mmap=True)
         teacher = load_teacher(run_cfg.teacher, run_cfg.teacher_path, device=str(device)).to(device)
         method, run_cfg = make_method(run_cfg, method_cls, method_cfg, teacher, device)
         extractor = get_extractor(teacher.features, inception_weights=run_cfg.inception_weights,

@@ -117,6 +117,8 @@ def test_bad_resume_checkpoint(kind, tracking_uri, tmp_path, capfd):
     _one_line(["--method", "boot", "--teacher", "gmm2d", "--nfe", "1", "--num-samples", "20",
                "--resume-from", str(ckpt), "--tracking-uri", tracking_uri], capfd, message)
     assert not marker.exists()
+    if kind != "wrong shape":  # an unreadable file is refused before a run is opened
+        assert not (tmp_path / "mlflow.db").exists()
 
 
 def test_resume_run_of_another_configuration(tracking_uri, tmp_path, capfd):
@@ -231,6 +233,7 @@ def test_truncated_checkpoint_message_is_whole_sentences(tracking_uri, tmp_path,
                      r"cannot be loaded as weights: it is truncated, corrupt or pickled \(.*\.\); delete it to "
                      r"resume from an older one$")
     assert "your checkpoint file is)" not in line
+    assert not (tmp_path / "mlflow.db").exists()  # refused before a run is opened: no empty FAILED run
 
 
 def test_a_value_the_store_refuses_is_not_blamed_on_the_tracking_uri():
