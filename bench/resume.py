@@ -132,6 +132,9 @@ def _claim_explicit(client, run_id: str, tags: dict[str, str], uri: str, held: c
     except Exception:
         raise BenchError(f"--resume {run_id}: no such MLflow run in {uri}") from None
     same = run.data.tags.get(HASH_TAG) == tags[HASH_TAG]
+    if not same and TRAIN_HASH_TAG not in run.data.tags:
+        raise BenchError(f"--resume {run_id}: that run was made by an older distill-bench (no "
+                         f"{TRAIN_HASH_TAG} tag), so its student cannot be re-evaluated here; start a new run")
     if not same and run.data.tags.get(TRAIN_HASH_TAG) != tags[TRAIN_HASH_TAG]:
         raise BenchError(f"--resume {run_id}: that run was started with another configuration; "
                          f"resume it with the same command line (only evaluation settings may change)")

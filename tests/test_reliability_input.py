@@ -124,12 +124,17 @@ def test_bad_resume_checkpoint(kind, tracking_uri, tmp_path, capfd):
 def test_resume_run_of_another_configuration(tracking_uri, tmp_path, capfd):
     from mlflow.tracking import MlflowClient
 
-    from bench.resume import HASH_TAG
+    from bench.resume import HASH_TAG, TRAIN_HASH_TAG
 
     client = MlflowClient(tracking_uri)
-    run = client.create_run(client.create_experiment("distill-bench"), tags={HASH_TAG: "other"})
+    experiment = client.create_experiment("distill-bench")
+    run = client.create_run(experiment, tags={HASH_TAG: "other", TRAIN_HASH_TAG: "other"})
+    old = client.create_run(experiment, tags={HASH_TAG: "other"})  # a run of a version before the tag
+    capfd.readouterr()  # MLflow's own lines from creating the store
     _one_line(["--teacher", "gmm2d", "--nfe", "1", "--num-samples", "20", "--resume", run.info.run_id,
                "--tracking-uri", tracking_uri], capfd, "started with another configuration")
+    _one_line(["--teacher", "gmm2d", "--nfe", "1", "--num-samples", "20", "--resume", old.info.run_id,
+               "--tracking-uri", tracking_uri], capfd, "made by an older distill-bench")
 
 
 UNSAFE = [
