@@ -45,13 +45,12 @@ except m.PackageNotFoundError: print(sys.argv[1])" "$1"
 }
 mkdir -p "$OUT"
 for p in $PURE_BENCH $PURE_MLFLOW $PURE_FLOOR; do
-  "$PY" -m pip download -q --no-deps -d "$OUT" "$(pin "$p")" 2>&1 | grep -v "is ignored" || true
+  "$PY" -m pip download -q --no-deps -d "$OUT" "$(pin "$p")" 2>&1 | { grep -v "is ignored" || true; }
 done
 binary() {  # $1 python version, $2 requirement
   "$PY" -m pip download -q --no-deps --only-binary=:all: --implementation cp --python-version "$1" \
     --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
-    -d "$OUT" "$2" 2>&1 | grep -v "is ignored"
-  return "${PIPESTATUS[0]}"
+    -d "$OUT" "$2" 2>&1 | { grep -v "is ignored" || true; }
 }
 for v in $PY_VERSIONS; do
   for p in $BINARY; do

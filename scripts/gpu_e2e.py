@@ -4,7 +4,7 @@ Run through scripts/gpu_e2e.sh, which unpacks the wheels and sets PYTHONPATH. Ev
 ``python -m bench ...`` process of its own (cwd: $WORK, one sqlite store for all), timed, with
 its outcome appended to $OUT/e2e_summary.json as soon as it ends; a failed step never stops the
 others. Output of every process goes to $OUT/e2e.log; training curves of the digits runs to
-$OUT/e2e_curves.csv. Steps, in the order run:
+$OUT/e2e_curves.csv. Steps, in the order run (STEPS picks and orders them):
 
   a  BOOT on digits, bf16 then fp32 (ITERS steps): one-step FID[digits-cnn] at n = N_EVAL, curves
   b  the bf16 run again, kill -9 of its process group once its first checkpoint exists, then the
@@ -19,7 +19,8 @@ $OUT/e2e_curves.csv. Steps, in the order run:
 Env: DEVICE (cuda), OUT (e2e_out), WORK (/tmp/distill_bench_e2e; wiped at the start),
 QUICK=1 (tiny CPU rehearsal), ITERS (1000; QUICK 20), N_EVAL (1000; QUICK 100),
 BUDGET (seconds for the whole script, 300), E2E_START (epoch seconds the script started),
-CAP_SCALE (multiplies each step's own time cap; 1, QUICK 6).
+CAP_SCALE (multiplies each step's own time cap; 1, QUICK 6), STEPS (which steps, in this
+order: "a b d c e").
 """
 from __future__ import annotations
 
@@ -46,6 +47,7 @@ BUDGET = float(os.environ.get("BUDGET", 300))
 START = float(os.environ.get("E2E_START", time.time()))
 DEADLINE = START + BUDGET
 PY = sys.executable
+STEPS = os.environ.get("STEPS", "a b d c e").split()
 CAP_SCALE = float(os.environ.get("CAP_SCALE", 6 if QUICK else 1))  # a (loaded) CPU is far slower
 STORE = f"sqlite:///{WORK / 'mlflow.db'}"
 RAY_WHEEL_MIB = 75.6  # ray-2.60.0-cp312-cp312-manylinux2014_x86_64.whl: 79,321,593 bytes
@@ -132,8 +134,11 @@ def kill_group(proc: subprocess.Popen) -> None:
 def _stopped(signum, frame) -> None:
     """SIGTERM (the script's backstop timeout) or Ctrl-C: children live in process groups of
     their own, so they are killed here, or they would hold the GPU after this script ends."""
-    for proc in list(LIVE):
-        kill_group(proc)
+    for proc in list(LIVE):  # no proc.wait() here: the interrupted main thread may hold its lock
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
     say(f"[e2e] stopped by signal {signum} after {time.time() - START:.0f} s; children killed")
     summary["stopped_by_signal"] = signum
     SUMMARY.write_text(json.dumps(summary, indent=2, default=str))
@@ -187,15 +192,20 @@ def client():
 
 
 def history(run_id: str, key: str) -> list[tuple[int, float]]:
-    return [(m.step, m.value) for m in sorted(client().get_metric_history(run_id, key),
-                                              key=lambda m: (m.step, m.timestamp))]
+    """A metric's (step, value) pairs by step; [] if the store cannot say (never an exception)."""
+    try:
+        found = client().get_metric_history(run_id, key)
+    except Exception as exc:
+        say(f"[e2e] MLflow: no history of {key} for run {run_id}: {type(exc).__name__}: {str(exc)[:200]}")
+        return []
+    return [(m.step, m.value) for m in sorted(found, key=lambda m: (m.step, m.timestamp))]
 
 
 def facts(run_id: str, label: str | None = None) -> dict:
     """The run's status and headline metrics; with ``label``, its curves go to the CSV."""
     try:
         r = client().get_run(run_id)
-    except Exception as exc:  # a broken store must not stop the script
+    except Exception as exc:  # a broken store (or a missing mlflow) must not stop the script
         return {"mlflow_error": f"{type(exc).__name__}: {exc}"[:300]}
     m = r.data.metrics
     out = {"mlflow_status": r.info.status}
@@ -374,12 +384,13 @@ def step_c(eager: dict | None) -> None:
     name = "c_boot_digits_compile"
     if not enough(name, 60):
         return
-    iters = 10 if QUICK else 200
+    iters = 10 if QUICK else 100
+    # no fidelity anchor: the compiled teacher would compile again for its sampling batch
     args = ["--method", "boot", "--teacher", "digits", "--nfe", "1", "--num-samples", str(N_EVAL),
             "--set", f"iterations={iters}", "--set", "compile=true", "--set", "log_every=1",
-            "--set", "eval_every=0", "--set", "checkpoint_every=0"]
+            "--set", "eval_every=0", "--set", "checkpoint_every=0", "--fidelity-steps", "0"]
     if QUICK:
-        args += ["--fidelity-steps", "8", "--set", "batch_size=8"]
+        args += ["--set", "batch_size=8"]
     env = {"BENCH_COMPILE_BACKEND": os.environ.get("BENCH_COMPILE_BACKEND", "eager")} if QUICK else None
     res = run(run_args("e2e-compile", *args), name, cap(240), env)
     detail = facts(res["run_id"], "c_compile") if res["run_id"] else {}
@@ -473,11 +484,20 @@ def main() -> int:
     say(f"[e2e] device {DEVICE}, ITERS {ITERS}, N_EVAL {N_EVAL}, QUICK {QUICK}, budget {BUDGET:.0f} s "
         f"({remaining():.0f} s left), work {WORK}, out {OUT}")
     environment()
-    a = step_a()
-    step_b(a.get("bf16"))
-    step_d()
-    step_c(a.get("bf16"))
-    step_e()
+    a: dict = {}
+    for step in STEPS:
+        if step == "a":
+            a = step_a()
+        elif step == "b":
+            step_b(a.get("bf16"))
+        elif step == "c":
+            step_c(a.get("bf16"))
+        elif step == "d":
+            step_d()
+        elif step == "e":
+            step_e()
+        else:
+            record(f"unknown step {step!r}", "FAIL", 0.0, reason="STEPS takes a, b, c, d, e")
     summary["elapsed_s"] = round(time.time() - START, 1)
     SUMMARY.write_text(json.dumps(summary, indent=2, default=str))
     say("\n[e2e] summary (status, seconds, step):")

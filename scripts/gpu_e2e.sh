@@ -15,7 +15,7 @@
 # Env: DEVICE (cuda), OUT (e2e_out: e2e.log, e2e_summary.json, e2e_curves.csv, nothing else),
 # WHEELS (wheels), DEPS_DIR (.gpu_deps, git-ignored; never under OUT), WORK (scratch: MLflow
 # store, checkpoints, teachers; /tmp/distill_bench_e2e, wiped at the start), ITERS (BOOT steps,
-# 1000), N_EVAL (1000), BUDGET (300), PYTHON (python3), QUICK=1.
+# 1000), N_EVAL (1000), BUDGET (300), STEPS ("a b d c e"), PYTHON (python3), QUICK=1.
 # Exit status: 0 if no step failed, 1 otherwise.
 set -uo pipefail
 cd "$(dirname "$0")/.."

@@ -88,9 +88,7 @@ def _requirements(wheel: Path) -> list:
 def _too_old(chosen: dict[str, Path], unpack: set[str]) -> tuple[set[str], list[str]]:
     """Packages this interpreter has in a version that a wheel being unpacked does not accept:
     (those brought as wheels, to unpack as well; conflicts nothing was brought for)."""
-    try:
-        import packaging.requirements  # noqa: F401
-    except ImportError:
+    if not _importable("packaging.requirements"):  # no way to compare versions: unpack nothing more
         return set(), []
     more, conflicts, todo = set(), [], sorted(unpack)
     while todo:
