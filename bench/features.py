@@ -109,7 +109,7 @@ _fidelity_registered = False
 
 
 @FEATURES.register("digits-cnn", "64-D features of a digits classifier (shipped); not Inception")
-def digits_cnn(**_: object) -> FeatureExtractor:
+def digits_cnn(device: str = "cpu", **_: object) -> FeatureExtractor:
     global _fidelity_registered
     from torch_fidelity import register_feature_extractor
 
@@ -117,9 +117,9 @@ def digits_cnn(**_: object) -> FeatureExtractor:
     if not _fidelity_registered:  # torch-fidelity's registry rejects a second registration
         register_feature_extractor("digits-cnn", cls)
         _fidelity_registered = True
-    extractor = cls("digits-cnn", ("64",))
+    extractor = cls("digits-cnn", ("64",)).to(device)  # where the samples are (a GPU run found it on the CPU)
     return FeatureExtractor("digits-cnn", 64, sha256_of(DIGITS_CNN_WEIGHTS),
-                            lambda x: extractor(to_uint8(x))[0])
+                            lambda x: extractor(to_uint8(x).to(device))[0])
 
 
 @FEATURES.register("points", "the samples themselves, flattened (low-dimensional analytic teachers)")

@@ -26,15 +26,15 @@ cd "$(dirname "$0")/.."
 OUT=${WHEELS:-wheels}
 PY_VERSIONS=${PY_VERSIONS:-"3.12"}
 PY=${PYTHON:-.venv/bin/python}
-# diffusers (`from diffusers import UNet2DModel`) and torch-fidelity; huggingface-hub 2.x with
-# its httpx2 stack is what the tests ran with (the image's hub 1.33 is not used: install_wheels
-# always unpacks these)
-PURE_BENCH="diffusers huggingface-hub httpx2 httpcore2 truststore importlib_metadata zipp torch-fidelity"
+# diffusers (`from diffusers import UNet2DModel`) and torch-fidelity. Not huggingface-hub: the
+# image's 1.33 satisfies diffusers (>= 1.32), and the image's transformers (imported by diffusers
+# through peft) refuses hub 2.x: carrying it broke every diffusers import on an H200
+PURE_BENCH="diffusers importlib_metadata zipp torch-fidelity"
 PURE_MLFLOW="mlflow alembic mako sqlparse cachetools databricks-sdk fastapi starlette pydantic annotated-types
              typing-inspection opentelemetry-api opentelemetry-sdk opentelemetry-proto
              opentelemetry-semantic-conventions"
 # in the image, but our wheels want at least these versions (pydantic: typing-extensions >= 4.16,
-# httpx2: idna >= 3.18, anyio >= 4.10, h11 >= 0.16, huggingface-hub 2.x: click >= 8.4.2):
+# idna, anyio, h11, click: kept as a floor for the other wheels):
 # unpacked only where the image's is older
 PURE_FLOOR="typing_extensions idna anyio h11 click"
 BINARY="sqlalchemy pydantic-core cryptography cffi"   # cryptography: abi3, one wheel for all

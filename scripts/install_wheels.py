@@ -28,7 +28,7 @@ MODULES = {"huggingface_hub": "huggingface_hub", "importlib_metadata": "importli
            "opentelemetry_sdk": "opentelemetry.sdk", "opentelemetry_proto": "opentelemetry.proto",
            "opentelemetry_semantic_conventions": "opentelemetry.semconv", "protobuf": "google.protobuf",
            "python_dateutil": "dateutil", "scikit_learn": "sklearn", "gitpython": "git"}
-ALWAYS = {"diffusers", "huggingface_hub", "torch_fidelity", "httpx2", "httpcore2"}
+ALWAYS = {"diffusers", "torch_fidelity"}
 
 
 def _norm(name: str) -> str:

@@ -104,3 +104,16 @@ def test_digits_features_shipped_and_discriminative():
     noise = torch.rand(len(held), 1, 8, 8, generator=torch.Generator().manual_seed(0)) * 2 - 1
     floor = fid_from_features(f_held, f_train)
     assert floor < 0.1 * fid_from_features(extractor(noise), f_train)
+
+
+@pytest.mark.fast
+def test_digits_features_live_on_the_requested_device():
+    """A GPU run found the digits classifier left on the CPU while the samples were on CUDA
+    (conv2d: 'Input type (torch.cuda.FloatTensor) and weight type (torch.FloatTensor)').
+    Here: the 'meta' device stands in for CUDA; every weight must be there."""
+    from bench.features import get_extractor
+
+    extractor = get_extractor("digits-cnn", device="meta")
+    module = extractor.fn.__closure__  # the torch-fidelity module the extractor calls
+    nets = [c.cell_contents for c in module if isinstance(c.cell_contents, torch.nn.Module)]
+    assert nets and all(p.device.type == "meta" for net in nets for p in net.parameters())

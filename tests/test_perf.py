@@ -134,3 +134,24 @@ def test_install_wheels_unpacks_only_what_is_missing(tmp_path):
     assert not (target / "numpy").exists()  # importable already: the image's own is kept
     assert not (target / "otherpkg_zz").exists()  # no build for this interpreter
     assert not (target / "tool").exists()
+
+
+def test_a_sampler_that_fails_to_compile_keeps_the_eager_figures(monkeypatch, capsys):
+    """On an H200 inductor failed on the compiled one-step sampler and the whole sampling
+    section was lost; the eager rows must survive, with a one-line warning."""
+    import bench.accel
+    from perf import sample
+
+    def broken(module, device):
+        def call(*args, **kwargs):
+            raise RuntimeError("Unhandled FakeTensor Device Propagation for aten.cat.default")
+        return call
+
+    monkeypatch.setattr(bench.accel, "compiled_sampler", broken)
+    monkeypatch.setattr(bench.accel, "check_compile", lambda device: None)
+    from bench.teachers import load_teacher
+
+    out = sample.measure_sampling(["boot"], load_teacher("gmm2d"), torch.device("cpu"), [1, 50], batch=8,
+                                  repeats=1, compiled=True, bf16=False)
+    assert "images_per_second_boot_1step" in out and "images_per_second_boot_1step_compiled" not in out
+    assert "failed to compile" in capsys.readouterr().err
