@@ -163,13 +163,14 @@ class Evaluation:
     teacher_mse: float = float("nan")
     teacher_psnr: float = float("nan")
     sample_peak_memory_mb: float = float("nan")
+    nfe_counted: float = float("nan")  # network calls per batch, as counted (bench.nfe); set by run
 
     def row(self) -> dict:
         return {k: v for k, v in dataclasses.asdict(self).items() if k != "samples"}
 
     def metrics(self) -> dict[str, float]:
         keys = ("fid", "kid", "kid_std", "precision", "recall", "sample_seconds_per_image",
-                "teacher_mse", "teacher_psnr", "sample_peak_memory_mb")
+                "teacher_mse", "teacher_psnr", "sample_peak_memory_mb", "nfe_counted")
         out = {k: getattr(self, k) for k in keys if not math.isnan(getattr(self, k))}
         out["sample_images_per_second"] = 1.0 / max(self.sample_seconds_per_image, 1e-12)
         return out

@@ -87,6 +87,11 @@ class Method(abc.ABC):
         figures (``bench perf``); None for training-free methods."""
         return None
 
+    def variant(self) -> str:
+        """What tells this run apart within its method where reports list methods (a solver's
+        scheduler): runs are labelled ``method:variant``; '' for none."""
+        return ""
+
     def default_nfe(self) -> tuple[int, ...]:
         """The step counts a run evaluates when --nfe is not given."""
         return tuple(k for k in DEFAULT_NFE if k <= self.max_nfe())

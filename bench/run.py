@@ -121,7 +121,7 @@ def _tracked(run_cfg, method, teacher, extractor, ref, device, progress, hooks) 
                      hooks.run_id) as tracker:
         if hooks.on_start:
             hooks.on_start(tracker.run_id, tracker.workdir)
-        params = _params(run_cfg, method.config, device, teacher, extractor)
+        params = _params(run_cfg, method, device, teacher, extractor)
         tracker.log_params({**params, "reference.resolved": ref.description, "reference.n": ref.n})
         ctx = DistillContext(log=_logger(tracker, hooks.on_metrics), device=device, seed=run_cfg.seed,
                              workdir=tracker.workdir, progress=progress, resume_from=hooks.checkpoint,
@@ -152,12 +152,13 @@ def _prepare(run_cfg: RunConfig, teacher, extractor, device):
     return _reference(run_cfg, teacher, extractor, device)
 
 
-def _params(run_cfg: RunConfig, method_cfg, device, teacher, extractor) -> dict:
-    return {"method": run_cfg.method, "teacher": run_cfg.teacher, "seed": run_cfg.seed,
+def _params(run_cfg: RunConfig, method, device, teacher, extractor) -> dict:
+    label = ":".join(filter(None, (run_cfg.method, method.variant())))
+    return {"method": run_cfg.method, "label": label, "teacher": run_cfg.teacher, "seed": run_cfg.seed,
             "device": str(device), "n": run_cfg.num_samples, "batch_size": run_cfg.batch_size,
             "nfe": ",".join(map(str, run_cfg.nfe)), "feature_extractor": extractor.name,
             "metrics": ",".join(run_cfg.metrics), "reference": run_cfg.reference,
-            **teacher.provenance.as_params(), **cfgs.to_params(method_cfg, "method.")}
+            **teacher.provenance.as_params(), **cfgs.to_params(method.config, "method.")}
 
 
 def _reference(run_cfg: RunConfig, teacher, extractor, device):
@@ -236,6 +237,7 @@ def _evaluate_all(run_cfg, method, teacher, extractor, ref, device, progress):
 
     from bench.eval_checks import NonFinite
     from bench.evaluator import SampleSpec, evaluate
+    from bench.nfe import CountedSampler
 
     spec = SampleSpec(teacher.sample_shape, run_cfg.num_samples, run_cfg.seed, run_cfg.batch_size, device)
     rows = []
@@ -244,14 +246,29 @@ def _evaluate_all(run_cfg, method, teacher, extractor, ref, device, progress):
         with tqdm(total=len(run_cfg.nfe) * spec.n, disable=not progress, unit="img", desc="sampling") as bar:
             for k in run_cfg.nfe:
                 bar.set_postfix(nfe=k)
+                sampler = CountedSampler(method.sampler(k))
                 with torch.no_grad():
-                    rows.append(evaluate(method.sampler(k), spec, ref, extractor, nfe=k, metrics=run_cfg.metrics,
-                                         anchor=anchor, data_range=teacher.data_range,
-                                         keep_samples=run_cfg.keep_samples, progress=bar.update))
+                    ev = evaluate(sampler, spec, ref, extractor, nfe=k, metrics=run_cfg.metrics, anchor=anchor,
+                                  data_range=teacher.data_range, keep_samples=run_cfg.keep_samples,
+                                  progress=bar.update)
+                rows.append(dataclasses.replace(ev, nfe_counted=_counted(sampler, run_cfg.method, k)))
     except NonFinite as exc:
         raise BenchError(f"{run_cfg.method} on teacher {run_cfg.teacher}: {exc}; no result was logged "
                          f"and the run ends FAILED") from None
     return rows
+
+
+def _counted(sampler, method: str, nfe: int) -> int:
+    """The network calls the sampler made per batch; a sampler that spent other than the NFE it
+    is logged at would put its FID at the wrong place on every FID-vs-NFE axis."""
+    try:
+        calls = sampler.counted()
+    except ValueError as exc:
+        raise BenchError(f"{method} at NFE {nfe}: {exc}; its cost must not depend on the batch") from None
+    if calls != nfe:
+        raise BenchError(f"{method}'s sampler for NFE {nfe} made {calls} network calls per batch; "
+                         f"no result was logged: report this as a bug in the method")
+    return calls
 
 
 def _log_artifacts(run_cfg, method, params, rows, teacher, tracker) -> None:

@@ -26,7 +26,8 @@ def collect(client, experiment: str, filter_string: str = "") -> pd.DataFrame:
         if run.info.status != "FINISHED" or "method" not in p:
             continue  # report runs, failed or unfinished runs
         config = {k: v for k, v in p.items() if k.startswith("method.")}
-        base = {"run_id": run.info.run_id, "method": p["method"], "teacher": p.get("teacher", ""),
+        # a method's variants (a solver's scheduler) are rows of their own: the label says which
+        base = {"run_id": run.info.run_id, "method": p.get("label") or p["method"], "teacher": p.get("teacher", ""),
                 "seed": p.get("seed"), "n": int(p.get("n", 0)), "extractor": p.get("feature_extractor", ""),
                 "config": hashlib.sha1(json.dumps(config, sort_keys=True).encode()).hexdigest()[:8],
                 "git_commit": run.data.tags.get("git_commit", ""), "start_time": run.info.start_time,

@@ -17,6 +17,7 @@ from bench import config as cfgs
 from bench.checkpoints import list_checkpoints
 from bench.errors import BenchError
 from bench.method import DistillContext
+from bench.nfe import NetworkCalls
 from bench.registry import METHODS, TEACHERS
 
 CPU = torch.device("cpu")
@@ -24,31 +25,6 @@ CPU = torch.device("cpu")
 TINY = {"iterations": 2, "batch_size": 8, "eval_every": 0, "checkpoint_every": 1, "keep_checkpoints": 2,
         "log_every": 1, "fit_iterations": 2, "mlp_width": 32, "synthetic_samples": 16}
 PAIRS = [(m, t) for m in METHODS for t in TEACHERS]
-
-
-class NetworkCalls:
-    """Counts top-level network calls (a module called while no other module runs) and the rows
-    that went through frozen ones (no parameter that requires grad): the teacher's forwards."""
-
-    def __enter__(self):
-        self.depth, self.calls, self.frozen_rows = 0, 0, 0
-        self.hooks = [torch.nn.modules.module.register_module_forward_pre_hook(self._pre),
-                      torch.nn.modules.module.register_module_forward_hook(self._post)]
-        return self
-
-    def _pre(self, module, args):
-        if self.depth == 0:
-            self.calls += 1
-            if not any(p.requires_grad for p in module.parameters()):
-                self.frozen_rows += args[0].shape[0]
-        self.depth += 1
-
-    def _post(self, module, args, out):
-        self.depth -= 1
-
-    def __exit__(self, *exc):
-        for h in self.hooks:
-            h.remove()
 
 
 def _teacher(name):

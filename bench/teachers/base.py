@@ -21,7 +21,7 @@ from bench.schedule import NoiseSchedule
 
 PREDICTION_TYPES = ("epsilon", "sample", "v_prediction", "x_and_epsilon")
 _FIELDS = ("net", "schedule", "prediction_type", "sample_shape", "provenance", "clip_x0", "data_range",
-           "num_classes", "is_image", "features", "dataset", "autocast")
+           "num_classes", "is_image", "features", "dataset", "autocast", "scheduler_config")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,6 +64,7 @@ class Teacher(nn.Module):
         features: str = "inception-v3-compat",
         dataset: Optional[Callable[[], torch.Tensor]] = None,
         autocast: bool = False,
+        scheduler_config: Optional[dict] = None,
     ):
         super().__init__()
         if prediction_type not in PREDICTION_TYPES:
@@ -80,6 +81,7 @@ class Teacher(nn.Module):
         self.features = features  # name in FEATURES used for FID/KID
         self.dataset = dataset  # real data for FID and data-based methods, or None
         self.autocast = autocast
+        self.scheduler_config = scheduler_config
 
     def replace(self, **changes) -> "Teacher":
         """The same teacher with some attributes changed (e.g. another ``net``). Never

@@ -127,6 +127,7 @@ def unet_teacher(unet, scheduler, provenance: Provenance,
         clip_x0=bool(cfg.get("clip_sample", True)),
         data_range=(-float(cfg.get("clip_sample_range", 1.0)), float(cfg.get("clip_sample_range", 1.0))),
         num_classes=num_classes,
+        scheduler_config=dict(cfg),
     )
 
 
