@@ -12,31 +12,44 @@ from typing import Callable
 import torch
 
 
+_ACTIVE: list["NetworkCalls"] = []  # the counters open now, innermost last
+_INSTALLED: list = []  # the global hooks, installed once
+
+
+def _pre(module, args) -> None:
+    if _ACTIVE and not torch.compiler.is_compiling():  # compiled code sees no hook state
+        _ACTIVE[-1].enter(module, args)
+
+
+def _post(module, args, out) -> None:
+    if _ACTIVE and not torch.compiler.is_compiling():
+        _ACTIVE[-1].depth -= 1
+
+
 class NetworkCalls:
     """Counts top-level network calls (a module called while no other module runs) and the
     rows that went through frozen ones (no parameter that requires grad): the teacher's
     forwards. Global module hooks, so it sees teachers and students alike without knowing
-    which method made them."""
+    which method made them. The hooks are installed once and stay: new hooks per count would
+    make torch.compile'd samplers recompile on every batch (it guards on the hook set)."""
 
     def __enter__(self) -> "NetworkCalls":
+        if not _INSTALLED:
+            _INSTALLED.extend([torch.nn.modules.module.register_module_forward_pre_hook(_pre),
+                               torch.nn.modules.module.register_module_forward_hook(_post)])
         self.depth, self.calls, self.frozen_rows = 0, 0, 0
-        self.hooks = [torch.nn.modules.module.register_module_forward_pre_hook(self._pre),
-                      torch.nn.modules.module.register_module_forward_hook(self._post)]
+        _ACTIVE.append(self)
         return self
 
-    def _pre(self, module, args) -> None:
+    def enter(self, module, args) -> None:
         if self.depth == 0:
             self.calls += 1
             if args and torch.is_tensor(args[0]) and not any(p.requires_grad for p in module.parameters()):
                 self.frozen_rows += args[0].shape[0]
         self.depth += 1
 
-    def _post(self, module, args, out) -> None:
-        self.depth -= 1
-
     def __exit__(self, *exc) -> None:
-        for hook in self.hooks:
-            hook.remove()
+        _ACTIVE.remove(self)
 
 
 class CountedSampler:

@@ -23,6 +23,7 @@ def store(tmp_path_factory):
             _run(uri, "--method", "ddim", "--nfe", "1,2", "--seed", seed)
         _run(uri, "--method", "boot", "--set", "iterations=2", "--set", "eval_every=0")
         _run(uri, "--method", "progressive", "--set", "start_steps=2", "--set", "iterations=2")
+        _run(uri, "--method", "solver", "--set", "scheduler=unipc", "--nfe", "2")
     finally:
         os.chdir(cwd)
     return uri, tmp
@@ -48,7 +49,10 @@ def test_table_numbers_are_the_logged_numbers(store, tmp_path, capsys):
     (boot,) = client.search_runs([runs[0].info.experiment_id], filter_string="params.method = 'boot'")
     assert table.loc[("boot", 1), "FID ↓"] == f"{boot.data.metrics['fid']:.3f}"
     assert table.loc[("boot", 1), "teacher fwd ↓"] == f"{boot.data.metrics['teacher_forwards']:,.0f}"
-    assert set(table.index) == {("ddim", 1), ("ddim", 2), ("boot", 1), ("progressive", 1), ("progressive", 2)}
+    (unipc,) = client.search_runs([runs[0].info.experiment_id], filter_string="params.method = 'solver'")
+    assert table.loc[("solver:unipc", 2), "FID ↓"] == f"{unipc.data.metrics['fid']:.3f}"  # a row per solver
+    assert set(table.index) == {("ddim", 1), ("ddim", 2), ("boot", 1), ("progressive", 1), ("progressive", 2),
+                                ("solver:unipc", 2)}
     out = tmp_path / "out"
     for name in ("digits.md", "digits.tex", "digits.csv", "report.html", "digits_fid_vs_nfe.png",
                  "digits_fid_vs_wallclock.png", "digits_fid_vs_cost.png"):

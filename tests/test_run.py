@@ -23,13 +23,15 @@ def test_run_logs_params_metrics_artifacts(tracking_uri, capsys):
     exp = client.get_experiment_by_name("t")
     (run,) = client.search_runs([exp.experiment_id])
     p = run.data.params
-    assert (p["method"], p["teacher"], p["seed"], p["device"]) == ("ddim", "gmm2d", "3", "cpu")
+    assert (p["method"], p["label"], p["teacher"], p["seed"], p["device"]) == ("ddim", "ddim", "gmm2d", "3", "cpu")
     assert p["method.spacing"] == "trailing" and p["n"] == "400" and p["feature_extractor"] == "points"
     assert p["teacher.source"] == "analytic"
     fid = client.get_metric_history(run.info.run_id, "fid")
     assert sorted(m.step for m in fid) == [1, 4, 16]
     by_nfe = {m.step: m.value for m in fid}
     assert by_nfe[16] < by_nfe[4] < by_nfe[1]  # DDIM on an exact teacher improves with steps
+    # the network calls counted per batch, beside the FID at the step they are logged at
+    assert {m.step: m.value for m in client.get_metric_history(run.info.run_id, "nfe_counted")} == {1: 1, 4: 4, 16: 16}
     for key in ("kid", "sample_seconds_per_image", "sample_images_per_second", "precision", "teacher_psnr"):
         assert sorted(m.step for m in client.get_metric_history(run.info.run_id, key)) == [1, 4, 16]
     assert "git_commit" in run.data.tags and "version.torch" in run.data.tags
