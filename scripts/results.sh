@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# The README's result tables, regenerated: DDIM, BOOT and progressive distillation on the
-# embedded digits teacher with their default configs, one MLflow experiment, then
-# `bench report` writes the tables and plots into docs/results/ (nothing is copied by hand).
-# About 25 min on a 2-core CPU (BOOT 3,000 steps ~9 min, each PD run 5-8 min).
+# The README's result tables, regenerated: DDIM, the training-free solvers, BOOT and progressive
+# distillation on the embedded digits teacher with their default configs, one MLflow experiment,
+# then `bench report` writes the tables and plots into docs/results/ (nothing is copied by hand).
+# About 50 min on a 2-core CPU (BOOT 3,000 steps ~9 min, each PD run 5-8 min, solvers ~2 min each).
 #
 #   bash scripts/results.sh                       # from the repo root
 #   STORE=sqlite:////tmp/r.db N=1000 bash scripts/results.sh
@@ -20,7 +20,15 @@ export HF_HUB_OFFLINE=1 MLFLOW_DISABLE_TELEMETRY=true
 common=(--teacher digits --num-samples "$N" --seed 0 --quiet --experiment "$EXPERIMENT" --tracking-uri "$STORE")
 
 if [ "${REPORT_ONLY:-0}" != 1 ]; then
-  "$BENCH" run --method ddim --nfe 1,2,4,8,16,32,64 "${common[@]}"
+  "$BENCH" run --method ddim --nfe 1,2,3,4,5,6,8,10,16,32,64 "${common[@]}"
+  # the training-free frontier at NFE 2..16; each solver at the NFEs it can spend exactly
+  grid=2,3,4,5,6,8,10,16
+  for solver in euler dpmsolver++ dpmsolver++:3 dpmsolver++_singlestep unipc deis lms ipndm; do
+    order=(); [[ $solver == *:* ]] && order=(--set "solver_order=${solver#*:}")
+    "$BENCH" run --method solver --set "scheduler=${solver%%:*}" "${order[@]}" --nfe "$grid" "${common[@]}"
+  done
+  "$BENCH" run --method solver --set scheduler=heun --nfe 3,5 "${common[@]}"  # 2 calls a step
+  "$BENCH" run --method solver --set scheduler=pndm --nfe 3,4,5,6,8,10,16 "${common[@]}"  # +1 warm start
   "$BENCH" run --method boot --nfe 1 "${common[@]}"
   "$BENCH" run --method progressive --set data=real "${common[@]}"
   "$BENCH" run --method progressive --set data=synthetic "${common[@]}"

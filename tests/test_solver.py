@@ -1,6 +1,6 @@
 """The training-free solvers: against diffusers' own pipeline loop, against our DDIM, against the
 exact ODE map of the Gaussian teacher (pinned), and their NFE counted."""
-import dataclasses
+import functools
 import inspect
 
 import diffusers
@@ -28,6 +28,7 @@ def solver(teacher, **settings) -> Solver:
     return Solver(teacher, SolverConfig(**settings), CPU)
 
 
+@functools.lru_cache(maxsize=None)  # one network per kind: building it costs more than sampling
 def _unet_teacher(prediction_type: str, clip: bool):
     unet = tiny_unet().eval()
     scheduler = DDPMScheduler(num_train_timesteps=1000, beta_schedule="linear", prediction_type=prediction_type,
