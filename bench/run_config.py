@@ -59,6 +59,10 @@ class RunConfig:
         for name, low in LOWEST.items():
             if getattr(self, name) < low:
                 raise ValueError(f"{name} must be >= {low}, got {getattr(self, name)}")
+        for f in dataclasses.fields(self):  # argparse reads a lone "--" as the end of options
+            if getattr(self, f.name) == "--":
+                raise ValueError(f"{f.name} cannot be '--' (the command line reads it as the end of "
+                                 f"options); for a file of that name write ./--")
         if not self.experiment.strip():
             raise ValueError("experiment must be a non-empty name")
         kind, sep, arg = self.reference.partition(":")

@@ -152,33 +152,42 @@ class Solver(Method):
         """Network calls of a sampling run with ``steps`` inference steps (Heun: 2 per step but the
         last; PNDM: one more for its warm start): what the scheduler's timesteps hold."""
         if steps not in self._calls:
-            sched = self.scheduler()
-            sched.set_timesteps(steps)
-            self._calls[steps] = len(sched.timesteps)
+            self._counter = getattr(self, "_counter", None) or self.scheduler()
+            self._counter.set_timesteps(steps)
+            self._calls[steps] = len(self._counter.timesteps)
         return self._calls[steps]
+
+    def _fewest_steps(self, nfe: int) -> int:
+        """The fewest inference steps that spend at least ``nfe`` calls (calls never fall as steps
+        grow, and are never fewer than steps): a bisection, so any NFE up to T is checked fast."""
+        lo, hi = 1, nfe
+        while lo < hi:
+            mid = (lo + hi) // 2
+            lo, hi = (mid + 1, hi) if self.calls(mid) < nfe else (lo, mid)
+        return lo
 
     def check_nfe(self, nfe: int) -> None:
         """Refuses, in one line naming the nearest it can spend, an NFE this solver cannot spend
-        exactly (calls grow with steps and are never fewer than steps)."""
+        exactly."""
         super().check_nfe(nfe)
-        steps, below = 1, None
-        while nfe not in self._steps:
-            calls = self.calls(steps)
-            if calls == nfe:
-                self._steps[nfe] = steps
-            elif calls > nfe:
-                near = " or ".join(str(c) for c in (below, calls) if c is not None)
-                raise BenchError(f"{self.variant()} cannot spend exactly {nfe} network evaluations; the "
-                                 f"nearest it can are {near}: choose --nfe among those")
-            below, steps = calls, steps + 1
+        if nfe in self._steps:
+            return
+        steps = self._fewest_steps(nfe)
+        if self.calls(steps) != nfe:
+            near = " or ".join(str(c) for c in (self.calls(steps - 1) if steps > 1 else None, self.calls(steps))
+                               if c is not None)
+            raise BenchError(f"{self.variant()} cannot spend exactly {nfe} network evaluations; the "
+                             f"nearest it can are {near}: choose --nfe among those")
+        self._steps[nfe] = steps
 
     def default_nfe(self) -> tuple[int, ...]:
         """For each of the usual step counts, the largest NFE this solver can spend within it."""
         out = []
         for k in (k for k in DEFAULT_NFE if k <= self.max_nfe()):
-            possible = [c for c in (self.calls(s) for s in range(1, k + 1)) if c <= k]
-            if possible and max(possible) not in out:
-                out.append(max(possible))
+            steps = self._fewest_steps(k)
+            spent = self.calls(steps) if self.calls(steps) == k else self.calls(steps - 1) if steps > 1 else None
+            if spent and spent not in out:
+                out.append(spent)
         return tuple(out)
 
     def sampler(self, nfe: int) -> Sampler:
