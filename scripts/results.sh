@@ -15,25 +15,25 @@ STORE=${STORE:-sqlite:///./results.db}
 EXPERIMENT=${EXPERIMENT:-results-digits}
 N=${N:-1000}
 OUT=${OUT:-docs/results}
-BENCH=${BENCH:-.venv/bin/bench}
+BENCH=${BENCH:-.venv/bin/bench}  # a command: words allowed (python3 -m bench)
 export HF_HUB_OFFLINE=1 MLFLOW_DISABLE_TELEMETRY=true
 common=(--teacher digits --num-samples "$N" --seed 0 --quiet --experiment "$EXPERIMENT" --tracking-uri "$STORE")
 
 if [ "${REPORT_ONLY:-0}" != 1 ]; then
-  "$BENCH" run --method ddim --nfe 1,2,3,4,5,6,8,10,16,32,64 "${common[@]}"
+  $BENCH run --method ddim --nfe 1,2,3,4,5,6,8,10,16,32,64 "${common[@]}"
   # the training-free frontier at NFE 2..16; each solver at the NFEs it can spend exactly
   grid=2,3,4,5,6,8,10,16
   for solver in euler dpmsolver++ dpmsolver++:3 dpmsolver++_singlestep unipc deis lms ipndm; do
     order=(); [[ $solver == *:* ]] && order=(--set "solver_order=${solver#*:}")
-    "$BENCH" run --method solver --set "scheduler=${solver%%:*}" "${order[@]}" --nfe "$grid" "${common[@]}"
+    $BENCH run --method solver --set "scheduler=${solver%%:*}" "${order[@]}" --nfe "$grid" "${common[@]}"
   done
-  "$BENCH" run --method solver --set scheduler=heun --nfe 3,5 "${common[@]}"  # 2 calls a step
-  "$BENCH" run --method solver --set scheduler=pndm --nfe 3,4,5,6,8,10,16 "${common[@]}"  # +1 warm start
-  "$BENCH" run --method boot --nfe 1 "${common[@]}"
-  "$BENCH" run --method progressive --set data=real "${common[@]}"
-  "$BENCH" run --method progressive --set data=synthetic "${common[@]}"
+  $BENCH run --method solver --set scheduler=heun --nfe 3,5 "${common[@]}"  # 2 calls a step
+  $BENCH run --method solver --set scheduler=pndm --nfe 3,4,5,6,8,10,16 "${common[@]}"  # +1 warm start
+  $BENCH run --method boot --nfe 1 "${common[@]}"
+  $BENCH run --method progressive --set data=real "${common[@]}"
+  $BENCH run --method progressive --set data=synthetic "${common[@]}"
 fi
 rm -rf "$OUT"
-"$BENCH" report --experiment "$EXPERIMENT" --tracking-uri "$STORE" --out "$OUT" --format md,csv \
+$BENCH report --experiment "$EXPERIMENT" --tracking-uri "$STORE" --out "$OUT" --format md,csv \
   --baseline-method ddim --baseline-steps 64
 echo "results: tables and plots in $OUT/"
