@@ -4,6 +4,7 @@ tests (``pytest -m fast``), and report which mutants survive.
     python scripts/mutants.py            # every mutant, 2 at a time
     python scripts/mutants.py --list     # what would be changed
     python scripts/mutants.py -k boot    # only mutants whose file or description matches
+    python scripts/mutants.py -k solver --tests tests/test_solver.py   # killed by these tests alone
 
 Each mutant runs in a private copy of a snapshot of the tracked files taken at the start (the
 working tree is never touched, and edits made meanwhile do not leak in), so an interrupted run
@@ -138,7 +139,7 @@ def fast_files(tree: Path) -> list[str]:
     return sorted(found, key=lambda f: not f.endswith("test_math.py"))
 
 
-def run_mutant(m: Mutant, base: Path, timeout: float) -> tuple[Mutant, str, float, str]:
+def run_mutant(m: Mutant, base: Path, timeout: float, tests: tuple[str, ...] = ()) -> tuple[Mutant, str, float, str]:
     """(mutant, 'killed' | 'survived' | 'timeout' | 'error', seconds, the failing test or note).
     The exact unit tests (tests/test_math.py) run first: most mutants die there within seconds."""
     with tempfile.TemporaryDirectory(prefix="mutant-") as tmp:
@@ -153,7 +154,7 @@ def run_mutant(m: Mutant, base: Path, timeout: float) -> tuple[Mutant, str, floa
         start = time.perf_counter()
         try:
             proc = subprocess.run([sys.executable, "-m", "pytest", "-m", "fast", "-x", "-q", "-p", "no:cacheprovider",
-                                   "-o", "addopts=", *fast_files(tree)], cwd=tree, env=env, capture_output=True, text=True,
+                                   "-o", "addopts=", *(tests or fast_files(tree))], cwd=tree, env=env, capture_output=True, text=True,
                                   timeout=timeout)
         except subprocess.TimeoutExpired:
             return m, "timeout", time.perf_counter() - start, ""
@@ -170,6 +171,8 @@ def main() -> int:
     p.add_argument("--jobs", type=int, default=2, help="mutants run at once")
     p.add_argument("--timeout", type=float, default=600, help="seconds per mutant")
     p.add_argument("--list", action="store_true", help="print the mutants and exit")
+    p.add_argument("--tests", nargs="+", default=(), help="run only these test files (their fast tests): a "
+                                                          "mutant they kill is killed by the fast tier too")
     args = p.parse_args()
     chosen = [m for m in MUTANTS if args.k in m.path or args.k in m.what]
     if args.list:
@@ -180,7 +183,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="mutants-base-") as tmp, \
             concurrent.futures.ThreadPoolExecutor(args.jobs) as pool:
         base = snapshot(Path(tmp))
-        for m, status, seconds, note in pool.map(lambda m: run_mutant(m, base, args.timeout), chosen):
+        for m, status, seconds, note in pool.map(lambda m: run_mutant(m, base, args.timeout, tuple(args.tests)), chosen):
             if status == "survived" and m.what in EQUIVALENT:
                 status, note = "equivalent", EQUIVALENT[m.what]
             counts[status] = counts.get(status, 0) + 1
