@@ -235,7 +235,7 @@ class Consistency(Method):
         """SG[f_{theta^-}(x^_s, s)], x^_s one teacher step from (x_t, t), and the teacher's forward rows."""
         with torch.no_grad():
             x_s, rows = teacher_step(self.teacher, x_t, t, s, self.config.solver)
-            return self.model(x_s, s, target=True).detach(), rows
+            return self.model(x_s, s, target=True), rows
 
     def _loss(self, x_data: torch.Tensor):
         def loss(step: int, gen: torch.Generator):

@@ -1,0 +1,272 @@
+"""Consistency distillation: the consistency function, its target, the EMA target, the sampler,
+checked exactly against float64 references computed here; and the method on the exact Gaussian."""
+import math
+
+import pytest
+import torch
+
+from bench import config as cfgs
+from bench.errors import BenchError
+from bench.method import DistillContext
+from bench.teachers import load_teacher
+from bench.teachers.analytic import exact_ode_map, gaussian_teacher
+from methods.consistency import (Consistency, ConsistencyConfig, fresh_noise, sampling_times, scalings,
+                                 teacher_step, training_grid)
+
+CPU = torch.device("cpu")
+MU = torch.linspace(-0.5, 0.5, 6, dtype=torch.float64)
+STD = torch.linspace(0.1, 0.4, 6, dtype=torch.float64)
+
+
+def _gaussian():
+    return gaussian_teacher(MU, STD)
+
+
+def _method(teacher, **overrides):
+    torch.manual_seed(0)
+    cfg = cfgs.replace(ConsistencyConfig(), {"mlp_width": 32, **overrides})
+    return Consistency(teacher, cfg, CPU)
+
+
+def _perturb(module, seed, scale=0.3):
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in module.parameters():
+            p.add_(scale * torch.randn(p.shape, generator=gen, dtype=p.dtype))
+
+
+def _posterior(x_t, t):
+    """(x0, eps) of data N(MU, diag(STD^2)) at step t, in float64, from the closed form."""
+    sch = _gaussian().schedule
+    t = torch.as_tensor(t, dtype=torch.float64).expand(len(x_t))
+    a, s = sch.alpha(t)[:, None], sch.sigma(t)[:, None]
+    x0 = MU + a * STD ** 2 * (x_t - a * MU) / (a ** 2 * STD ** 2 + s ** 2)
+    return x0, (x_t - a * x0) / s
+
+
+def _f_ref(net, x, t):
+    """c_skip(t) x + c_out(t) net(x, t), with LCM's constants (sigma_data 0.5, u = 10 (t + 1))."""
+    u = 10.0 * (t.double() + 1)[:, None]
+    return 0.25 / (u ** 2 + 0.25) * x + u / (u ** 2 + 0.25).sqrt() * net(x, t)
+
+
+@pytest.mark.fast
+def test_scalings_and_grid():
+    c_skip, c_out = scalings(torch.tensor([-1.0, 0.0, 19.0, 999.0]), 0.5, 10.0)
+    u = torch.tensor([0.0, 10.0, 200.0, 10000.0], dtype=torch.float64)
+    assert c_skip[0] == 1 and c_out[0] == 0
+    assert torch.allclose(c_skip, 0.25 / (u ** 2 + 0.25), rtol=1e-15, atol=0)
+    assert torch.allclose(c_out, u / (u ** 2 + 0.25).sqrt(), rtol=1e-15, atol=0)
+    grid = training_grid(1000, 20)
+    assert grid[:3] == [999, 979, 959] and grid[-2:] == [19, -1] and len(grid) == 51
+    assert training_grid(10, 4) == [9, 5, 1, -1]
+    # LCM's few-step times (LCMScheduler with 50 original steps)
+    assert sampling_times(grid, 1) == [999]
+    assert sampling_times(grid, 2) == [999, 499]
+    assert sampling_times(grid, 4) == [999, 759, 519, 279]
+
+
+@pytest.mark.fast
+@pytest.mark.parametrize("teacher_name", ["gaussian", "digits", "digits_eps"])
+def test_boundary_is_exact_at_t_min_for_any_weights(teacher_name):
+    teacher = _gaussian() if teacher_name == "gaussian" else load_teacher(teacher_name)
+    m = _method(teacher, target_ema=0.95)
+    _perturb(m.model, 1)  # weights far from the teacher's (and the target's differ from them)
+    x = torch.randn((5,) + teacher.sample_shape, generator=torch.Generator().manual_seed(2))
+    t_min = torch.full((5,), -1.0)
+    with torch.no_grad():
+        assert torch.equal(m.model(x, t_min), x)
+        assert torch.equal(m.model(x, t_min, target=True), x)
+        assert not torch.allclose(m.model(x, t_min + 1), x, atol=1e-3)  # only at t_min
+
+
+@pytest.mark.fast
+@pytest.mark.parametrize("ema", [0.95, 0.0])
+def test_target_is_one_teacher_ddim_step_then_the_target_network(ema):
+    m = _method(_gaussian(), target_ema=ema)
+    m.model.double()
+    _perturb(m.model.student.net, 3)
+    if ema:
+        _perturb(m.model.target.net, 4)  # theta^- != theta
+    target_net = (m.model.target if ema else m.model.student).net
+    gen = torch.Generator().manual_seed(5)
+    t = torch.tensor([999.0, 519.0, 39.0, 19.0, 19.0, 500.5])
+    s = torch.tensor([979.0, 499.0, 19.0, -1.0, -1.0, 480.5])
+    x_t = torch.randn(6, 6, generator=gen, dtype=torch.float64)
+    got, rows = m.target(x_t, t, s)
+    assert rows == 6
+    x0, eps = _posterior(x_t, t)
+    sch = _gaussian().schedule
+    a_s, s_s = sch.alpha(s.double())[:, None], sch.sigma(s.double())[:, None]
+    x_s = a_s * x0 + s_s * eps  # DDIM, Song et al. 2021 eq. 12 (eta = 0)
+    with torch.no_grad():
+        want = _f_ref(target_net, x_s, s)
+    assert torch.allclose(got, want, rtol=0, atol=1e-12)
+    assert torch.equal(got[3], x0[3])  # a step to t_min: f(x^, t_min) = x^ = the teacher's x0
+    if ema:  # the online weights would give another target
+        with torch.no_grad():
+            assert not torch.allclose(got, _f_ref(m.model.student.net, x_s, s), atol=1e-3)
+
+
+@pytest.mark.fast
+def test_heun_step_against_float64_and_the_exact_ode():
+    teacher = _gaussian()
+    sch = teacher.schedule
+    t = torch.tensor([999.0, 500.0, 120.0, 19.0])
+    s = torch.tensor([979.0, 480.0, 100.0, -1.0])
+    x_t = torch.randn(4, 6, generator=torch.Generator().manual_seed(6), dtype=torch.float64)
+    heun, rows = teacher_step(teacher, x_t, t, s, "heun")
+    ddim, rows_ddim = teacher_step(teacher, x_t, t, s, "ddim")
+    assert (rows, rows_ddim) == (4 + 3, 4)  # the row ending at t_min takes one forward
+    a_t, s_t = sch.alpha(t.double())[:, None], sch.sigma(t.double())[:, None]
+    a_s, s_s = sch.alpha(s.double())[:, None], sch.sigma(s.double())[:, None]
+    _, e1 = _posterior(x_t, t)
+    x_euler = a_s * (x_t / a_t + (s_s / a_s - s_t / a_t) * e1)
+    assert torch.allclose(ddim, x_euler, rtol=0, atol=1e-12)  # DDIM is Euler in (x/alpha, sigma/alpha)
+    _, e2 = _posterior(x_euler[:3], s[:3])
+    want = a_s[:3] * (x_t[:3] / a_t[:3] + (s_s[:3] / a_s[:3] - s_t[:3] / a_t[:3]) * (e1[:3] + e2) / 2)
+    assert torch.allclose(heun[:3], want, rtol=0, atol=1e-12)
+    assert torch.equal(heun[3], ddim[3])
+    # the exact ODE keeps (x_t - alpha mu) / sqrt(alpha^2 std^2 + sigma^2): Heun is closer than Euler
+    z = (x_t - a_t * MU) / (a_t ** 2 * STD ** 2 + s_t ** 2).sqrt()
+    exact = a_s * MU + z * (a_s ** 2 * STD ** 2 + s_s ** 2).sqrt()
+    err_h, err_d = (heun - exact)[:3].abs().max(), (ddim - exact)[:3].abs().max()
+    assert err_h < 0.2 * err_d, (err_h, err_d)
+
+
+def _recording(m):
+    """m.target wrapped to keep its inputs and outputs."""
+    seen, target = {}, m.target
+
+    def wrapped(x_t, t, s):
+        out, rows = target(x_t, t, s)
+        seen.update(x_t=x_t, t=t, target=out)
+        return out, rows
+
+    m.target = wrapped
+    return seen
+
+
+@pytest.mark.fast
+@pytest.mark.parametrize("ema,loss", [(0.95, "huber"), (0.0, "huber"), (0.0, "l2")])
+def test_gradients_flow_only_through_the_online_branch(ema, loss):
+    teacher = _gaussian()
+    m = _method(teacher, target_ema=ema, loss=loss, batch_size=16)
+    _perturb(m.model.student.net, 7, 0.05)
+    seen = _recording(m)
+    data = teacher.dataset() if teacher.dataset else torch.randn(64, 6) * STD.float() + MU.float()
+    losses, forwards = m._loss(data)(0, torch.Generator().manual_seed(8))
+    assert forwards == 1.0 and losses.shape == (16,)
+    losses.mean().backward()
+    got = [p.grad.clone() for p in m.model.student.parameters()]
+    if ema:
+        assert all(p.grad is None and not p.requires_grad for p in m.model.target.parameters())
+    m.model.zero_grad(set_to_none=True)
+    const = seen["target"].detach().clone()  # the same rows against a constant target
+    again = m.distance(m.model(seen["x_t"], seen["t"]), const)
+    assert torch.allclose(again, losses, rtol=0, atol=1e-7)
+    again.mean().backward()
+    for g, p in zip(got, m.model.student.parameters()):
+        assert torch.allclose(g, p.grad, rtol=1e-5, atol=1e-9)
+
+
+@pytest.mark.fast
+def test_distance():
+    m = _method(_gaussian(), loss="huber")
+    a, b = torch.zeros(2, 6), torch.tensor([[0.0] * 6, [0.1] * 6])
+    c = 0.00054 * math.sqrt(6)
+    assert torch.allclose(m.distance(a, b), torch.tensor([0.0, math.sqrt(0.06 + c ** 2) - c]), atol=1e-7)
+    m = _method(_gaussian(), loss="l2")
+    assert torch.allclose(m.distance(a, b), torch.tensor([0.0, 0.01]), atol=1e-9)
+
+
+@pytest.mark.fast
+def test_ema_target_update_with_the_configured_decay(tmp_path):
+    m = _method(_gaussian(), target_ema=0.9)
+    theta0 = [p.detach().clone() for p in m.model.target.parameters()]
+    assert all(torch.equal(a, b) for a, b in zip(theta0, m.model.student.parameters()))  # starts as theta
+    _perturb(m.model.student, 9)
+    theta = [p.detach().clone() for p in m.model.student.parameters()]
+    m.model.update_target(1)
+    for p, p0, p1 in zip(m.model.target.parameters(), theta0, theta):
+        assert torch.allclose(p, 0.9 * p0 + 0.1 * p1, rtol=0, atol=1e-7)
+    before = [p.clone() for p in m.model.target.parameters()]
+    m.model.update_target(1)  # once per optimiser step: a retried or resumed step does not update twice
+    assert all(torch.equal(a, b) for a, b in zip(before, m.model.target.parameters()))
+    assert _method(_gaussian(), target_ema=0.0).model.target is None  # iCT: the online net under SG
+    # in training: before step s's target, theta^- has followed the optimiser steps up to s - 1
+    m = _method(load_teacher("gaussian"), target_ema=0.5, iterations=3, batch_size=8, checkpoint_every=0, eval_every=0)
+    calls, update = [], m.model.update_target
+    m.model.update_target = lambda step: (calls.append(step), update(step))[1]
+    m.distill(DistillContext(log=lambda d, s: None, device=CPU, workdir=tmp_path, progress=False))
+    assert calls == [0, 1, 2] and int(m.model.target_step) == 2
+
+
+@pytest.mark.fast
+def test_multistep_sampler_renoises_at_lcm_times():
+    m = _method(_gaussian())
+    _perturb(m.model, 10, 0.05)
+    calls = []
+    model = m.model
+
+    def spy(x, t, cond=None, target=False):
+        calls.append((x.clone(), t.clone()))
+        return model(x, t)
+
+    noise = torch.randn(3, 6, generator=torch.Generator().manual_seed(11))
+    m.ema = spy
+    out = m.sampler(4)(noise)
+    assert [float(t[0]) for _, t in calls] == [999.0, 759.0, 519.0, 279.0]
+    assert torch.equal(calls[0][0], noise)  # x_{t_max} = eps
+    sch = m.teacher.schedule
+    with torch.no_grad():
+        x = model(noise, torch.full((3,), 999.0))
+        for j, tau in enumerate([759.0, 519.0, 279.0], start=1):
+            a, s = float(sch.alpha(tau)), float(sch.sigma(tau))
+            x_tau = a * x + s * fresh_noise(noise, j)
+            assert torch.allclose(calls[j][0], x_tau, atol=1e-6)
+            x = model(x_tau, torch.full((3,), tau))
+    assert torch.allclose(out, x, atol=1e-6)
+    # fresh noise: standard normal, new at each step, and a row's depends on that row's noise only
+    z1, z2 = fresh_noise(noise, 1), fresh_noise(noise, 2)
+    assert not torch.allclose(z1, z2) and not torch.allclose(z1, noise)
+    assert torch.equal(fresh_noise(noise[1:2], 1), z1[1:2])
+    big = fresh_noise(torch.randn(4000, 6, generator=torch.Generator().manual_seed(12)), 1)
+    assert abs(float(big.mean())) < 0.02 and abs(float(big.std()) - 1) < 0.02
+
+
+@pytest.mark.fast
+def test_config_validation():
+    with pytest.raises(ValueError, match="solver must be one of ddim, heun"):
+        ConsistencyConfig(solver="euler")
+    with pytest.raises(ValueError, match="target_ema"):
+        ConsistencyConfig(target_ema=1.0)
+    with pytest.raises(ValueError, match="skip"):
+        ConsistencyConfig(skip=0)
+    with pytest.raises(BenchError, match=r"NFE .* outside 1..50"):
+        _method(_gaussian()).check_nfe(51)
+
+
+def test_digits_cost_counts_teacher_forwards(tmp_path):
+    """Heun: 2 forwards per row, 1 where the step ends at t_min; synthetic data: n * steps more."""
+    teacher = load_teacher("digits")
+    cfg = dict(iterations=2, batch_size=8, eval_every=0, checkpoint_every=0, solver="heun", skip=250,
+               data="synthetic", synthetic_samples=8, synthetic_steps=4)
+    m = _method(teacher, **cfg)
+    rows = []
+    step = teacher_step
+
+    def counting(*args, **kw):
+        out = step(*args, **kw)
+        rows.append(out[1])
+        return out
+
+    import methods.consistency as cm
+    cm.teacher_step, saved = counting, cm.teacher_step
+    try:
+        cost = m.distill(DistillContext(log=lambda d, s: None, device=CPU, workdir=tmp_path, progress=False))
+    finally:
+        cm.teacher_step = saved
+    assert len(rows) == 2 and all(8 < r <= 16 for r in rows)
+    assert cost["teacher_forwards"] == sum(rows) + 8 * 4 and cost["data_teacher_forwards"] == 32
+    assert cost["train_iterations"] == 2 and "data_seconds" in cost
