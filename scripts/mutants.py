@@ -37,6 +37,7 @@ class Mutant:
 
 
 M = Mutant
+C = "methods/consistency.py"
 MUTANTS = [
     # BOOT (methods/boot.py)
     M("methods/boot.py", "one_minus_r.flatten().cpu() ** -2", "one_minus_r.flatten().cpu() ** -1", "BOOT weight 1/(1-r) not 1/(1-r)^2"),
@@ -78,6 +79,41 @@ MUTANTS = [
     M("methods/progressive.py", "target = self.teacher.x0(x_t, t)", "target = self.teacher.eps(x_t, t)", "PD fit to eps, not x0"),
     M("methods/progressive.py", "net=net.requires_grad_(False).eval(), clip_x0", "net=net.requires_grad_(False), clip_x0", "PD round teachers left in train mode"),
     M("methods/progressive.py", "if self.teacher.prediction_type == \"epsilon\" else", "if self.teacher.prediction_type == \"sample\" else", "PD x_and_epsilon for the wrong teachers"),
+    # consistency distillation (methods/consistency.py)
+    M(C, "c_skip = sigma_data ** 2 / (u ** 2 + sigma_data ** 2)", "c_skip = sigma_data / (u ** 2 + sigma_data ** 2)", "CD c_skip with sigma_data not squared"),
+    M(C, "c_skip = sigma_data ** 2 / (u ** 2 + sigma_data ** 2)", "c_skip = sigma_data ** 2 / (u + sigma_data ** 2)", "CD c_skip with u not squared"),
+    M(C, "c_out = u / (u ** 2 + sigma_data ** 2).sqrt()", "c_out = sigma_data * u / (u ** 2 + sigma_data ** 2).sqrt()", "CD c_out with CD's sigma_data factor (F is x0 here)"),
+    M(C, "c_out = u / (u ** 2 + sigma_data ** 2).sqrt()", "c_out = u / (u ** 2 + sigma_data ** 2)", "CD c_out without the square root"),
+    M(C, "u = scaling * (torch.as_tensor(t, dtype=torch.float64) - T_MIN)", "u = scaling * (torch.as_tensor(t, dtype=torch.float64) - T_MIN - 1)", "CD boundary at step 0 (LCM's), not t_min = -1"),
+    M(C, "u = scaling * (torch.as_tensor(t, dtype=torch.float64) - T_MIN)", "u = (torch.as_tensor(t, dtype=torch.float64) - T_MIN)", "CD timestep scaling dropped"),
+    M(C, "return c_skip * x_t + c_out * F", "return c_out * x_t + c_skip * F", "CD c_skip and c_out swapped"),
+    M(C, "return list(range(T - 1, -1, -skip)) + [T_MIN]", "return list(range(T - 1, -1, -skip - 1)) + [T_MIN]", "CD grid step skip + 1"),
+    M(C, "return list(range(T - 1, -1, -skip)) + [T_MIN]", "return list(range(T - 1, 0, -skip)) + [T_MIN]", "CD grid drops step 0"),
+    M(C, "return grid[i], grid[i + 1]", "return grid[i], grid[i]", "CD target at the same time"),
+    M(C, "return grid[i], grid[i + 1]", "return grid[i], grid[(i + 2).clamp(max=len(grid) - 1)]", "CD target two grid steps down"),
+    M(C, "i = torch.randint(0, len(grid) - 1, (n,), generator=gen)", "i = torch.randint(0, len(grid) - 2, (n,), generator=gen)", "CD never trains the last pair (to t_min)"),
+    M(C, "x_s, rows = teacher_step(self.teacher, x_t, t, s, self.config.solver)", "x_s, rows = teacher_step(self.teacher, x_t, t, t, self.config.solver)", "CD teacher step to t, not s"),
+    M(C, "return self.model(x_s, s, target=True), rows", "return self.model(x_s, s), rows", "CD target from the online weights"),
+    M(C, "        with torch.no_grad():\n            x_s, rows", "        if True:\n            x_s, rows", "CD target with gradients"),
+    M(C, "online = self.model(x_t, t)  #", "online = self.model(x_t, s)  #", "CD online branch read at t_n"),
+    M(C, "x_t = a * x + sig * eps", "x_t = x + sig * eps", "CD x_t without alpha"),
+    M(C, "p_target.lerp_(p, 1 - self.mu)", "p_target.lerp_(p, self.mu)", "CD EMA target decay inverted"),
+    M(C, "if self.target is None or step <= int(self.target_step):", "if self.target is None:", "CD EMA target updated twice per step"),
+    M(C, "            self.model.update_target(step)\n", "", "CD EMA target never updated"),
+    M(C, "c = self.config.huber_c * math.sqrt(sq.shape[1])", "c = self.config.huber_c", "CD huber c without sqrt(dim)"),
+    M(C, "return (sq.sum(1) + c ** 2).sqrt() - c", "return (sq.mean(1) + c ** 2).sqrt() - c", "CD huber on the mean, not the sum"),
+    M(C, "return (sq.sum(1) + c ** 2).sqrt() - c", "return (sq.sum(1) + c ** 2).sqrt()", "CD huber without - c"),
+    M(C, "            return sq.mean(1)\n", "            return sq.sum(1)\n", "CD l2 as sum"),
+    M(C, "return times[::max(1, len(times) // nfe)][:nfe]", "return times[::max(1, len(times) // (nfe + 1))][:nfe]", "CD sampling times not LCM's"),
+    M(C, "x_tau = a * x + s * fresh_noise(noise, j)", "x_tau = a * x + s * noise", "CD re-noises with the initial noise"),
+    M(C, "x_tau = a * x + s * fresh_noise(noise, j)", "x_tau = x + s * fresh_noise(noise, j)", "CD re-noise without alpha"),
+    M(C, "row.tobytes() + j.to_bytes(4, \"little\")", "row.tobytes()", "CD fresh noise the same at every step"),
+    M(C, "                if clip:\n", "                if False:\n", "CD samples not clipped"),
+    M(C, "x_s[idx] = a_s * (x_t[idx] / a_t + (s_s / a_s - s_t / a_t) * (e1 + e2) / 2)", "x_s[idx] = a_s * (x_t[idx] / a_t + (s_s / a_s - s_t / a_t) * (e1 + e2))", "CD Heun without the 1/2"),
+    M(C, "e2 = teacher.eps(x_s[idx], s[idx],", "e2 = teacher.eps(x_t[idx], t[idx],", "CD Heun's second slope at the start"),
+    M(C, "idx = (s > T_MIN).nonzero().flatten()", "idx = (s >= T_MIN).nonzero().flatten()", "CD Heun corrects the step to sigma = 0"),
+    M(C, "return x_s, len(x_t) + len(idx)", "return x_s, 2 * len(x_t)", "CD Heun forwards: 2 on every row"),
+    M(C, "return self.distance(online, target), rows / B", "return self.distance(online, target), 1.0", "CD forwards per row fixed at 1"),
     # the teacher adapter (bench/teachers/base.py)
     M("bench/teachers/base.py", "x0 = (x_t - s * eps) / a", "x0 = (x_t + s * eps) / a", "eps-teacher x0 sign"),
     M("bench/teachers/base.py", "x0 = a * x_t - s * out", "x0 = s * x_t - a * out", "v-teacher x0 with alpha, sigma swapped"),

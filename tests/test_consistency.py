@@ -140,7 +140,7 @@ def _recording(m):
 
     def wrapped(x_t, t, s):
         out, rows = target(x_t, t, s)
-        seen.update(x_t=x_t, t=t, target=out)
+        seen.update(x_t=x_t, t=t, s=s, target=out)
         return out, rows
 
     m.target = wrapped
@@ -157,6 +157,8 @@ def test_gradients_flow_only_through_the_online_branch(ema, loss):
     data = teacher.dataset() if teacher.dataset else torch.randn(64, 6) * STD.float() + MU.float()
     losses, forwards = m._loss(data)(0, torch.Generator().manual_seed(8))
     assert forwards == 1.0 and losses.shape == (16,)
+    grid = m.grid
+    assert all(grid[grid.index(int(t)) + 1] == int(s) for t, s in zip(seen["t"], seen["s"]))
     losses.mean().backward()
     got = [p.grad.clone() for p in m.model.student.parameters()]
     if ema:
@@ -168,6 +170,46 @@ def test_gradients_flow_only_through_the_online_branch(ema, loss):
     again.mean().backward()
     for g, p in zip(got, m.model.student.parameters()):
         assert torch.allclose(g, p.grad, rtol=1e-5, atol=1e-9)
+
+
+@pytest.mark.fast
+def test_training_rows_pair_grid_neighbours_and_noise_the_data():
+    teacher = _gaussian()
+    m = _method(teacher, batch_size=2048, skip=100)
+    t, s = m.pairs(20000, torch.Generator().manual_seed(13))
+    grid = m.grid
+    assert grid == [999, 899, 799, 699, 599, 499, 399, 299, 199, 99, -1]
+    index = torch.tensor([grid.index(int(v)) for v in t])
+    assert torch.equal(s, torch.tensor(grid, dtype=torch.float64)[index + 1])  # t_{n+1} -> t_n
+    counts = torch.bincount(index, minlength=len(grid) - 1).double()
+    assert counts.min() > 0.9 * 2000 and counts.max() < 1.1 * 2000  # uniform over the pairs
+    assert len(counts) == len(grid) - 1  # every pair, none past t_min
+    # x_t = alpha_t x + sigma_t eps around one data point c: (x_t - alpha c) / sigma is N(0, I)
+    seen = _recording(m)
+    c = torch.full((1, 6), 0.7)
+    m._loss(c)(0, torch.Generator().manual_seed(14))
+    a, sig = teacher.schedule.alpha(seen["t"].double()), teacher.schedule.sigma(seen["t"].double())
+    eps = (seen["x_t"].double() - a[:, None] * c.double()) / sig[:, None]
+    assert abs(float(eps.mean())) < 0.03 and abs(float(eps.std()) - 1) < 0.03
+
+
+@pytest.mark.fast
+def test_heun_rows_report_their_teacher_forwards():
+    m = _method(_gaussian(), solver="heun", batch_size=64, skip=250)  # grid 999, 749, 499, 249, -1
+    seen = _recording(m)
+    _, forwards = m._loss(torch.zeros(1, 6))(0, torch.Generator().manual_seed(17))
+    to_t_min = int((seen["s"] == -1).sum())
+    assert 0 < to_t_min < 64 and forwards == (64 + 64 - to_t_min) / 64
+
+
+@pytest.mark.fast
+def test_samples_are_clipped_to_the_data_range_where_the_teacher_clips():
+    m = _method(load_teacher("digits"))
+    _perturb(m.model.student, 15, 0.5)
+    noise = 3 * torch.randn(4, 1, 8, 8, generator=torch.Generator().manual_seed(16))
+    for k in (1, 2):
+        x = m.sampler(k)(noise)
+        assert x.abs().max() <= 1 and (x.abs() == 1).any()
 
 
 @pytest.mark.fast
