@@ -1,15 +1,17 @@
 """Consistency distillation (Song et al. 2023, "Consistency Models", CD), in LCM's VP form.
 
-The consistency function (CD eq. 5; LCM eq. 9 for DDPM-type teachers)
+The consistency function (CD eq. 5; LCM's form for DDPM-type teachers)
     f_theta(x_t, t) = c_skip(t) x_t + c_out(t) F_theta(x_t, t)
 maps any point of a probability-flow ODE trajectory to its end at t_min. F_theta is a copy of
 the teacher's network read as an x0 prediction through the teacher's parameterisation (an
 eps-teacher's copy gets Salimans & Ho's x and eps heads, as in progressive distillation), and
     c_skip(t) = sigma_data^2 / (u^2 + sigma_data^2),   c_out(t) = u / sqrt(u^2 + sigma_data^2),
     u = timestep_scaling (t - t_min)
-(LCM's scalings on the step index, sigma_data = 0.5, scaling 10; CD's appendix C form has
+(LCM's scalings on the step index, sigma_data = 0.5, scaling 10, as diffusers' LCM training script's
+scalings_for_boundary_conditions; CD's appendix C form has
 c_out -> sigma_data for a unit-variance network, LCM's c_out -> 1 because F is already an x0
-prediction), so c_skip(t_min) = 1 and c_out(t_min) = 0: f(x, t_min) = x exactly (CD eq. 3).
+prediction), so c_skip(t_min) = 1 and c_out(t_min) = 0: f(x, t_min) = x exactly (CD eq. 4's
+boundary condition).
 Our time axis ends at t_min = -1 (alpha = 1, sigma = 0: the data themselves), where LCM's
 DDPM axis stops at 0; the boundary is then the data, not a point 1e-4 away from them.
 
@@ -17,9 +19,9 @@ Training (CD Algorithm 2): the ODE grid is t_max = T-1, T-1-k, ... down to the l
 >= 0, then t_min (LCM's skipping grid, k = ``skip``). A row draws x (data, or teacher
 samples), a pair of neighbours t_{n+1} > t_n of that grid uniformly (CD: n ~ U[1, N-1]),
 x_{t_{n+1}} = alpha x + sigma eps, one teacher ODE step to x^_{t_n} (DDIM, i.e. Euler in the
-sigma/alpha variable, or Heun, CD eq. 7 / EDM Algorithm 1), and the loss (CD eq. 8, lambda = 1)
+sigma/alpha variable, or Heun; CD eq. 6, EDM Algorithm 1), and the loss (CD eq. 7, lambda = 1)
     d(f_theta(x_{t_{n+1}}, t_{n+1}), f_{theta^-}(x^_{t_n}, t_n)),
-with theta^- <- SG(mu theta^- + (1 - mu) theta) after every optimiser step (CD eq. 9;
+with theta^- <- SG(mu theta^- + (1 - mu) theta) after every optimiser step (CD eq. 8;
 mu = ``target_ema`` = 0.95, CD's ImageNet/LSUN value; mu = 0 is iCT's stop-gradient target,
 Song & Dhariwal 2023 sec. 3.2). d is L2 or iCT's pseudo-Huber sqrt(||a - b||^2 + c^2) - c with
 c = 0.00054 sqrt(dim) (iCT sec. 3.3). CD's best results use LPIPS, which needs ImageNet-trained
@@ -74,7 +76,7 @@ class ConsistencyConfig(TrainConfig):
     solver: str = option("ddim", "teacher ODE step t_{n+1} -> t_n: ddim (Euler in sigma/alpha, 1 forward) or "
                                  "heun (CD's choice with EDM teachers, 2 forwards; 1 on the last step, which "
                                  "ends at sigma = 0)", choices=("ddim", "heun"))
-    target_ema: float = option(0.95, "mu of the target theta^- <- mu theta^- + (1 - mu) theta (CD eq. 9: 0.95 "
+    target_ema: float = option(0.95, "mu of the target theta^- <- mu theta^- + (1 - mu) theta (CD eq. 8: 0.95 "
                                      "for ImageNet-64/LSUN); 0 is iCT's stop-gradient target")
     loss: str = option("l2", "d: l2 (mean squared error) or huber (iCT's pseudo-Huber sqrt(|a-b|^2 + c^2) - c, "
                              "without iCT's 1/(sigma_{n+1} - sigma_n) weighting: on the exact Gaussian its one-step "
@@ -148,7 +150,7 @@ class ConsistencyFunction(nn.Module):
 
     @torch.no_grad()
     def update_target(self, step: int) -> None:
-        """theta^- <- mu theta^- + (1 - mu) theta for the optimiser steps up to ``step`` (CD eq. 9).
+        """theta^- <- mu theta^- + (1 - mu) theta for the optimiser steps up to ``step`` (CD eq. 8).
 
         The shared loop has no hook after its optimiser step, so the loss applies the update
         of step s - 1 first thing in step s; the bookkeeping buffer makes it idempotent (a
@@ -164,7 +166,7 @@ def teacher_step(teacher: Teacher, x_t: torch.Tensor, t: torch.Tensor, s: torch.
                  cond=None) -> tuple[torch.Tensor, int]:
     """x^_s from x_t by one teacher ODE step, and the rows that went through the teacher.
 
-    ddim: bench.sampling.ddim_step (1 forward per row). heun (the solver of CD eq. 7 / EDM
+    ddim: bench.sampling.ddim_step (1 forward per row). heun (the solver of CD eq. 6 / EDM
     Algorithm 1 in x~ = x / alpha against sigma~ = sigma / alpha, where the Euler step is DDIM):
     x~_s = x~_t + (sigma~_s - sigma~_t)(e(x_t, t) + e(x'_s, s)) / 2 with x'_s the DDIM point; a
     row whose step ends at t_min (sigma = 0) keeps the Euler step, as EDM's last step does."""
