@@ -286,6 +286,10 @@ class Consistency(Method):
     def max_nfe(self) -> int:
         return len(self.grid) - 1
 
+    def variant(self) -> str:
+        """Reports list the data-free run (synthetic) apart from the one trained on data (real)."""
+        return self.config.data
+
     def default_nfe(self) -> tuple[int, ...]:
         return tuple(k for k in NFE if k <= self.max_nfe())
 

@@ -236,6 +236,10 @@ class Progressive(Method):
     def max_nfe(self) -> int:
         return self.config.start_steps
 
+    def variant(self) -> str:
+        """Reports list the data-free run (synthetic) apart from the one trained on data (real)."""
+        return self.config.data
+
     def default_nfe(self) -> tuple[int, ...]:
         out, n = [], self.config.start_steps
         while n >= self.config.end_steps:

@@ -51,7 +51,7 @@ def test_table_numbers_are_the_logged_numbers(store, tmp_path, capsys):
     assert table.loc[("boot", 1), "teacher fwd ↓"] == f"{boot.data.metrics['teacher_forwards']:,.0f}"
     (unipc,) = client.search_runs([runs[0].info.experiment_id], filter_string="params.method = 'solver'")
     assert table.loc[("solver:unipc", 2), "FID ↓"] == f"{unipc.data.metrics['fid']:.3f}"  # a row per solver
-    assert set(table.index) == {("ddim", 1), ("ddim", 2), ("boot", 1), ("progressive", 1), ("progressive", 2),
+    assert set(table.index) == {("ddim", 1), ("ddim", 2), ("boot", 1), ("progressive:real", 1), ("progressive:real", 2),
                                 ("solver:unipc", 2)}
     out = tmp_path / "out"
     for name in ("digits.md", "digits.tex", "digits.csv", "report.html", "digits_fid_vs_nfe.png",
