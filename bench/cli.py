@@ -52,6 +52,8 @@ def _add_run(sub) -> None:
     r.add_argument("--config", help="YAML file: run fields, plus 'set:' for method fields")
     r.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="method config field (repeatable); bench ls --method NAME lists them")
+    r.add_argument("--no-system-metrics", dest="system_metrics", action="store_const", const="false",
+                   help="do not log MLflow system metrics (CPU, memory, GPU)")
     r.add_argument("--quiet", action="store_true", help="no progress bar")
     r.add_argument("--dry-run", action="store_true", help="print the resolved run and method config and exit")
     r.add_argument("--resume", nargs="?", const="auto", metavar="RUN_ID",
