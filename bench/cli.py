@@ -39,6 +39,9 @@ def _parser() -> argparse.ArgumentParser:
     u.add_argument("--host", default="127.0.0.1",
                    help="interface to bind (default 127.0.0.1: the UI has no authentication)")
     u.set_defaults(handler=cmd_ui)
+    from bench.use_cli import add_parsers
+
+    add_parsers(sub)  # sample, export
     _add_plugins(sub)
     return p
 
