@@ -8,12 +8,15 @@ like every other artifact (``runs:/`` URIs load plain artifact folders). Inside 
 """
 from __future__ import annotations
 
+import copy
 import importlib.metadata
 import json
 import os
 import sys
 import warnings
 from pathlib import Path
+import torch
+
 from bench.errors import BenchError
 from bench.method import Distilled
 
@@ -34,7 +37,9 @@ def save_network(net, folder: Path) -> None:
 
     net = bare_network(net)
     folder.mkdir(parents=True, exist_ok=True)
-    if hasattr(net, "save_pretrained"):
+    if hasattr(net, "save_pretrained"):  # a CPU copy in the default layout: safetensors refuses
+        # the strided weights of a channels_last network (bench perf's GPU setting)
+        net = copy.deepcopy(net).cpu().to(memory_format=torch.contiguous_format)
         net.save_pretrained(str(folder), safe_serialization=True)
     elif hasattr(net, "kwargs"):
         (folder / "network.json").write_text(json.dumps({"class": type(net).__name__, "kwargs": net.kwargs}))

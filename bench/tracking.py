@@ -64,8 +64,8 @@ def _quiet() -> None:
     for name in ("mlflow", "alembic"):  # store creation logs are noise in a CLI
         logging.getLogger(name).setLevel(logging.WARNING)
     # a store that fails mid-run is the spool's business (bench.spool); the system metrics
-    # thread would add a warning per failed sample
-    logging.getLogger("mlflow.system_metrics").setLevel(logging.ERROR)
+    # thread would add a warning per failed sample and an error for its last flush
+    logging.getLogger("mlflow.system_metrics").setLevel(logging.CRITICAL)
     # it logs every database error with a full SQLAlchemy traceback (hundreds of lines when a
     # disk fills) before raising it; the raised error is reported, in one line, by us
     logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)

@@ -60,7 +60,7 @@ def _training_free(run) -> tuple[Callable, list[int], dict]:
     method, _ = make_method(run_cfg, cls, cfg, teacher, device)
     if method.training_stage() is not None:
         raise BenchError(f"run {run.info.run_id} ({p['method']}) trained a student but logged no student "
-                         f"model (an older version of distill-bench); rerun it to sample its student")
+                         f"model (the method has no distilled() samplers, or the run predates them)")
 
     def sample(seeds, nfe):
         with torch.no_grad():

@@ -176,3 +176,30 @@ def test_sweep_trials_are_named_by_sweep_and_index():
 
     assert trial_run_name("lr-search", "a1b2c_00003") == "lr-search-t03"
     assert trial_run_name("s", "odd") == "s-odd"
+
+
+@pytest.mark.fast
+@pytest.mark.parametrize("prediction_type", ["epsilon", "sample", "v_prediction"])
+@pytest.mark.parametrize("clip", [True, False])
+def test_portable_ddim_rule_is_the_harness_ddim(prediction_type, clip):
+    """bench.portable runs ddim_rule without the harness: bit for bit the harness's DDIM."""
+    from conftest import tiny_unet
+
+    from bench.portable import apply_rule
+    from bench.sampling import ddim_rule, ddim_sample
+    from bench.schedule import NoiseSchedule
+    from bench.teachers.base import Provenance
+    from bench.teachers.diffusers_teacher import _UNetNet
+
+    unet = tiny_unet().eval()
+    teacher = Teacher_(_UNetNet(unet), NoiseSchedule.linear(100), prediction_type, Provenance("test"), clip)
+    noise = torch.randn((4, 1, 8, 8), generator=torch.Generator().manual_seed(0))
+    steps = teacher.schedule.timesteps(3)
+    with torch.no_grad():
+        assert torch.equal(ddim_sample(teacher, noise, steps), apply_rule(ddim_rule(teacher, steps), unet, noise))
+
+
+def Teacher_(net, schedule, prediction_type, provenance, clip):
+    from bench.teachers.base import Teacher
+
+    return Teacher(net, schedule, prediction_type, (1, 8, 8), provenance, clip_x0=clip)
