@@ -114,11 +114,10 @@ def run(run_cfg: RunConfig, method_overrides: Mapping[str, Any] = (), progress: 
 
 def _tracked(run_cfg, method, teacher, extractor, ref, device, progress, hooks) -> RunResult:
     """The MLflow run: params, distillation, evaluation, artifacts."""
+    from bench.summary import log_summary, run_name
     from bench.tracking import tracked_run
 
     # mlflow is imported only now: a bad teacher, NFE or reference fails before its ~3 s import
-    from bench.summary import log_summary, run_name
-
     label = _label(run_cfg, method)
     with tracked_run(run_cfg.experiment, run_cfg.tracking_uri,
                      hooks.run_name or run_name(label, run_cfg.teacher, run_cfg.seed), dict(hooks.tags),
@@ -162,8 +161,8 @@ def _label(run_cfg: RunConfig, method) -> str:
 
 
 def _params(run_cfg: RunConfig, method, device, teacher, extractor) -> dict:
-    return {"method": run_cfg.method, "label": _label(run_cfg, method), "teacher": run_cfg.teacher, "seed": run_cfg.seed,
-            "device": str(device), "n": run_cfg.num_samples, "batch_size": run_cfg.batch_size,
+    return {"method": run_cfg.method, "label": _label(run_cfg, method), "teacher": run_cfg.teacher,
+            "seed": run_cfg.seed, "device": str(device), "n": run_cfg.num_samples, "batch_size": run_cfg.batch_size,
             "nfe": ",".join(map(str, run_cfg.nfe)), "feature_extractor": extractor.name,
             "metrics": ",".join(run_cfg.metrics), "reference": run_cfg.reference,
             **teacher.provenance.as_params(), **cfgs.to_params(method.config, "method.")}
