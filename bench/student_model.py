@@ -78,12 +78,13 @@ def save_pyfunc(samplers: dict[int, Distilled], teacher, out: Path, tmp: Path, m
     from mlflow.models import ModelSignature
     from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema, TensorSpec
 
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # bars for a local copy
     student = write_student(samplers, teacher, tmp / "student")
     signature = ModelSignature(
         inputs=Schema([ColSpec("long", "seed"), ColSpec("long", "label", required=False)]),
         outputs=Schema([TensorSpec(np.dtype("float32"), (-1, *teacher.sample_shape))]),
         params=ParamSchema([ParamSpec("nfe", "long", min(samplers)), ParamSpec("device", "string", "auto")]))
-    with warnings.catch_warnings():  # advice to add type hints and an input example: the signature says it all
+    with warnings.catch_warnings():  # advice to add an input example: the signature says it all
         warnings.simplefilter("ignore", UserWarning)
         mlflow.pyfunc.save_model(str(out), python_model=str(HERE / "student_pyfunc.py"),
                                  code_paths=[str(HERE / "portable.py")], artifacts={"student": str(student)},
