@@ -22,6 +22,7 @@ import urllib.parse
 import urllib.request
 from pathlib import Path
 
+TRAINING = "workflowType=machine_learning"
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
          "--disable-component-update", "--disable-sync", "--virtual-time-budget=30000"]
 
@@ -70,9 +71,12 @@ def main() -> None:
             shoot(Path(args.report).resolve().as_uri(), out / "report_digits.png", "1400,3000", profile)
         proc, base = serve(args.tracking_uri)
         try:
-            shoot(f"{base}/#/experiments/{exp.experiment_id}", out / "mlflow_ui_runs.png", "1600,900", profile)
-            shoot(f"{base}/#/compare-runs?runs={ids}&experiments={urllib.parse.quote(json.dumps([exp.experiment_id]))}",
-                  out / "mlflow_ui_compare.png", "1600,2200", profile)
+            # MLflow 3.17 picks GenAI or model training from this parameter (then the browser's last choice)
+            shoot(f"{base}/#/experiments/{exp.experiment_id}?{TRAINING}", out / "mlflow_ui_runs.png", "1600,900",
+                  profile)
+            exps = urllib.parse.quote(json.dumps([exp.experiment_id]))
+            shoot(f"{base}/#/compare-runs?runs={ids}&experiments={exps}&{TRAINING}", out / "mlflow_ui_compare.png",
+                  "1600,2200", profile)
         finally:
             os.killpg(proc.pid, signal.SIGTERM)
             proc.wait(30)
