@@ -56,7 +56,7 @@ x = mlflow.pyfunc.load_model(f"runs:/{sys.argv[2]}/student").predict(pd.DataFram
 y = mlflow.pyfunc.load_model("models:/digits-boot/1").predict({"seed": seeds[:4]}, params={"device": "cpu"})
 import numpy as np
 np.save(sys.argv[4], x)
-print(json.dumps({"shape": list(x.shape), "registered_equal": bool(np.array_equal(y, x[:4])),
+print(json.dumps({"shape": list(x.shape), "registered_equal": bool(np.allclose(y, x[:4], atol=1e-5)),
                   "harness": sorted(m for m in sys.modules if m.split(".")[0] in ("bench", "methods", "reports"))}))
 """
 
