@@ -174,8 +174,9 @@ def test_progressive_students_with_two_heads_export_and_sample_exactly(tmp_path,
 def test_sweep_trials_are_named_by_sweep_and_index():
     from sweeps.trial import trial_run_name
 
-    assert trial_run_name("lr-search", "a1b2c_00003") == "lr-search-t03"
-    assert trial_run_name("s", "odd") == "s-odd"
+    assert trial_run_name("lr", "run_trial_a1b2c3d4", "/x/lr/run_trial_a1b2c3d4_3_lr=0.001_2026") == "lr-t03"
+    assert trial_run_name("lr", "run_trial_ab_00012", "/x/run_trial_ab_00012_12") == "lr-t12"
+    assert trial_run_name("s", "run_trial_x", "/x/custom") == "s-run_trial_x"
 
 
 @pytest.mark.fast
