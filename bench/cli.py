@@ -39,6 +39,9 @@ def _parser() -> argparse.ArgumentParser:
     u.add_argument("--host", default="127.0.0.1",
                    help="interface to bind (default 127.0.0.1: the UI has no authentication)")
     u.set_defaults(handler=cmd_ui)
+    from bench.use_cli import add_parsers
+
+    add_parsers(sub)  # sample, export
     _add_plugins(sub)
     return p
 
@@ -52,6 +55,8 @@ def _add_run(sub) -> None:
     r.add_argument("--config", help="YAML file: run fields, plus 'set:' for method fields")
     r.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="method config field (repeatable); bench ls --method NAME lists them")
+    r.add_argument("--no-system-metrics", dest="system_metrics", action="store_const", const="false",
+                   help="do not log MLflow system metrics (CPU, memory, GPU)")
     r.add_argument("--quiet", action="store_true", help="no progress bar")
     r.add_argument("--dry-run", action="store_true", help="print the resolved run and method config and exit")
     r.add_argument("--resume", nargs="?", const="auto", metavar="RUN_ID",

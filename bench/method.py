@@ -63,6 +63,17 @@ class TrainStage:
 
 
 @dataclasses.dataclass(frozen=True)
+class Distilled:
+    """One sampler of a trained student, self-contained: the network it calls and the rule
+    around it, a JSON mapping that ``bench.portable.apply_rule`` runs (``one_step``, ``ddim``).
+    What ships in the run's MLflow model and ``bench export``, so it must reproduce
+    ``Method.sampler(nfe)`` exactly, without the method's code."""
+
+    network: nn.Module
+    rule: dict
+
+
+@dataclasses.dataclass(frozen=True)
 class NoConfig:
     """A method without options."""
 
@@ -95,6 +106,12 @@ class Method(abc.ABC):
     def default_nfe(self) -> tuple[int, ...]:
         """The step counts a run evaluates when --nfe is not given."""
         return tuple(k for k in DEFAULT_NFE if k <= self.max_nfe())
+
+    def distilled(self) -> dict[int, Distilled]:
+        """The trained student's samplers by NFE as networks plus rules (logged as the run's
+        MLflow model ``student``); {} for training-free methods, whose sampler is the teacher
+        itself and is rebuilt from the run's params (``bench sample``)."""
+        return {}
 
     def save_artifacts(self, out_dir: Path) -> None:
         """Write what the run should keep (e.g. the student's weights). Default: nothing."""

@@ -30,7 +30,7 @@ from bench.run_config import RunConfig
 HASH_TAG = "bench.config_hash"
 TRAIN_HASH_TAG = "bench.train_hash"
 REEVALUATES_TAG = "bench.reevaluates"
-UNHASHED = ("tracking_uri",)  # not part of what a run computes: where it logs
+UNHASHED = ("tracking_uri", "system_metrics", "register")  # not what a run computes: where and what it logs
 EVAL_ONLY = tuple(f.name for f in dataclasses.fields(RunConfig) if f.metadata.get("eval_only"))
 
 

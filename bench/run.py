@@ -114,11 +114,14 @@ def run(run_cfg: RunConfig, method_overrides: Mapping[str, Any] = (), progress: 
 
 def _tracked(run_cfg, method, teacher, extractor, ref, device, progress, hooks) -> RunResult:
     """The MLflow run: params, distillation, evaluation, artifacts."""
+    from bench.summary import log_summary, run_name
     from bench.tracking import tracked_run
 
     # mlflow is imported only now: a bad teacher, NFE or reference fails before its ~3 s import
-    with tracked_run(run_cfg.experiment, run_cfg.tracking_uri, hooks.run_name, dict(hooks.tags),
-                     hooks.run_id) as tracker:
+    label = _label(run_cfg, method)
+    with tracked_run(run_cfg.experiment, run_cfg.tracking_uri,
+                     hooks.run_name or run_name(label, run_cfg.teacher, run_cfg.seed), dict(hooks.tags),
+                     hooks.run_id, system_metrics=run_cfg.system_metrics) as tracker:
         if hooks.on_start:
             hooks.on_start(tracker.run_id, tracker.workdir)
         params = _params(run_cfg, method, device, teacher, extractor)
@@ -133,6 +136,7 @@ def _tracked(run_cfg, method, teacher, extractor, ref, device, progress, hooks) 
             tracker.log_metrics(ev.metrics(), step=ev.nfe)
             if hooks.on_metrics:
                 hooks.on_metrics({"nfe": ev.nfe, **ev.metrics()}, None)
+        log_summary(tracker, label, run_cfg.teacher, [ev.row() for ev in rows], cost, extractor.name)
         _log_artifacts(run_cfg, method, params, rows, teacher, tracker)
     return RunResult(tracker.run_id, [r.row() for r in rows], cost, extractor.name,
                      None if tracker.synced else str(tracker.spool))
@@ -152,10 +156,13 @@ def _prepare(run_cfg: RunConfig, teacher, extractor, device):
     return _reference(run_cfg, teacher, extractor, device)
 
 
+def _label(run_cfg: RunConfig, method) -> str:
+    return ":".join(filter(None, (run_cfg.method, method.variant())))
+
+
 def _params(run_cfg: RunConfig, method, device, teacher, extractor) -> dict:
-    label = ":".join(filter(None, (run_cfg.method, method.variant())))
-    return {"method": run_cfg.method, "label": label, "teacher": run_cfg.teacher, "seed": run_cfg.seed,
-            "device": str(device), "n": run_cfg.num_samples, "batch_size": run_cfg.batch_size,
+    return {"method": run_cfg.method, "label": _label(run_cfg, method), "teacher": run_cfg.teacher,
+            "seed": run_cfg.seed, "device": str(device), "n": run_cfg.num_samples, "batch_size": run_cfg.batch_size,
             "nfe": ",".join(map(str, run_cfg.nfe)), "feature_extractor": extractor.name,
             "metrics": ",".join(run_cfg.metrics), "reference": run_cfg.reference,
             **teacher.provenance.as_params(), **cfgs.to_params(method.config, "method.")}
@@ -276,6 +283,7 @@ def _log_artifacts(run_cfg, method, params, rows, teacher, tracker) -> None:
 
     from bench.artifacts import save_grid, save_samples
     from bench.files import no_space_guard
+    from bench.student_model import add_student, register_logged
 
     with tempfile.TemporaryDirectory() as tmp, no_space_guard(Path(tmp), "the run's artifacts"):
         out = Path(tmp)
@@ -288,4 +296,8 @@ def _log_artifacts(run_cfg, method, params, rows, teacher, tracker) -> None:
             save_samples(ev.samples, out / "samples" / f"nfe_{ev.nfe}.npz")
         pd.DataFrame([ev.row() for ev in rows]).to_csv(out / "summary.csv", index=False)
         method.save_artifacts(out)
+        with tempfile.TemporaryDirectory() as scratch:
+            student = add_student(method, teacher, out, Path(scratch), params)
         tracker.log_artifacts(out)
+    if student and run_cfg.register:
+        register_logged(tracker, run_cfg.register)

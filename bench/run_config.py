@@ -47,6 +47,10 @@ class RunConfig:
     keep_samples: int = _eval(10_000, "samples kept per NFE for the samples/*.npz artifact")
     experiment: str = option("distill-bench", "MLflow experiment name")
     tracking_uri: Optional[str] = option(None, "MLflow tracking URI (default: sqlite in the cwd)")
+    system_metrics: bool = option(True, "log MLflow system metrics (CPU, memory; GPU where pynvml is "
+                                        "installed) every 10 s; --no-system-metrics: off")
+    register: Optional[str] = option(None, "register the trained student in MLflow's model registry "
+                                           "under this name")
 
     def __post_init__(self):
         check_choices(self)  # types first: the checks below compare numbers

@@ -44,3 +44,11 @@ def ddim_sample(teacher: Teacher, noise: torch.Tensor, timesteps: Sequence[int],
     for t, s in zip(steps[:-1], steps[1:]):
         x = ddim_step(teacher, x, t, s, cond)
     return x
+
+
+def ddim_rule(teacher: Teacher, timesteps: Sequence[int]) -> dict:
+    """:func:`ddim_sample` over ``timesteps`` with ``teacher``'s output reading, as a
+    self-contained rule (bench.portable runs it without this code)."""
+    return {"kind": "ddim", "timesteps": [int(t) for t in timesteps], "prediction_type": teacher.prediction_type,
+            "clip_x0": bool(teacher.clip_x0), "data_range": [float(v) for v in teacher.data_range],
+            "alphas_cumprod": teacher.schedule.alphas_cumprod.tolist()}

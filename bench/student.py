@@ -18,32 +18,13 @@ have no weights; their students are small MLPs predicting y.
 from __future__ import annotations
 
 import copy
-import math
 
 import torch
 from torch import nn
 
 from bench.errors import BenchError
+from bench.portable import TimeMLP  # noqa: F401 (defined there: it ships inside exported students)
 from bench.teachers.base import Teacher
-
-
-class TimeMLP(nn.Module):
-    """MLP student for vector data: [x, sinusoidal(t / T)] -> prediction of the same size."""
-
-    def __init__(self, dim: int, T: int, width: int = 256, depth: int = 3, freqs: int = 16):
-        super().__init__()
-        self.T, self.freqs = T, freqs
-        layers, d_in = [], dim + 2 * freqs
-        for _ in range(depth):
-            layers += [nn.Linear(d_in, width), nn.SiLU()]
-            d_in = width
-        self.body = nn.Sequential(*layers, nn.Linear(width, dim))
-
-    def forward(self, x: torch.Tensor, t: torch.Tensor, cond=None) -> torch.Tensor:
-        u = (t.float() + 1) / (self.T + 1)  # t in [-1, T-1] -> (0, 1]
-        k = torch.arange(self.freqs, device=x.device, dtype=torch.float32)
-        ang = u[:, None] * math.pi * (2.0 ** (k / 2))[None]  # periods from 2 down to ~1/90 of the range
-        return self.body(torch.cat([x.flatten(1), ang.sin(), ang.cos()], dim=1)).view_as(x)
 
 
 class Student(nn.Module):
@@ -88,4 +69,6 @@ def add_x_head(net: nn.Module) -> nn.Module:
             new.bias[c:].copy_(old.bias)
     parent = net.get_submodule(name.rsplit(".", 1)[0]) if "." in name else net
     setattr(parent, name.rsplit(".", 1)[-1], new)
+    if hasattr(parent, "register_to_config"):  # a saved UNet's config must match its 2C outputs
+        parent.register_to_config(out_channels=2 * c)
     return net

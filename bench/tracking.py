@@ -24,6 +24,9 @@ from bench.errors import BenchError, root_cause
 # back to its local spool instead (bench.spool), so a few seconds of retries are enough
 HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "3", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
                  "MLFLOW_HTTP_REQUEST_TIMEOUT": "60"}
+# MLflow 3.17's UI picks an experiment's layout from this tag (its JS enum ExperimentKind);
+# without it, it may open on the GenAI overview of traces, which a training run has none of
+KIND_TAG, MODEL_DEVELOPMENT = "mlflow.experimentKind", "custom_model_development"
 PACKAGES = ("distill-bench", "torch", "torchvision", "diffusers", "mlflow", "torch-fidelity",
             "numpy", "scikit-learn")
 
@@ -60,6 +63,9 @@ def version_tags() -> dict[str, str]:
 def _quiet() -> None:
     for name in ("mlflow", "alembic"):  # store creation logs are noise in a CLI
         logging.getLogger(name).setLevel(logging.WARNING)
+    # a store that fails mid-run is the spool's business (bench.spool); the system metrics
+    # thread would add a warning per failed sample and an error for its last flush
+    logging.getLogger("mlflow.system_metrics").setLevel(logging.CRITICAL)
     # it logs every database error with a full SQLAlchemy traceback (hundreds of lines when a
     # disk fills) before raising it; the raised error is reported, in one line, by us
     logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
@@ -87,12 +93,13 @@ def store_lock(uri: str) -> Iterator[None]:
 
 
 def open_run(experiment: str, uri: str, run_name: Optional[str] = None,
-             tags: Optional[dict[str, str]] = None, run_id: Optional[str] = None):
+             tags: Optional[dict[str, str]] = None, run_id: Optional[str] = None, system_metrics: bool = False):
     """The one way a run is opened: start (or reopen ``run_id``) as MLflow's active run in
     ``experiment``, the store's creation serialised; store failures are one-line BenchErrors.
 
     ``tags`` may carry ``mlflow.parentRunId``: that is how a sweep's trials nest under the
     sweep's run when they live in other processes (``nested=True`` needs the same process).
+    ``system_metrics``: MLflow samples CPU, memory (GPU with pynvml) every 10 s in a thread.
     """
     import mlflow
 
@@ -101,9 +108,12 @@ def open_run(experiment: str, uri: str, run_name: Optional[str] = None,
     try:
         with store_lock(uri):
             exp = mlflow.set_experiment(experiment)
+            if KIND_TAG not in exp.tags:  # the UI opens on training runs, not the GenAI overview
+                mlflow.MlflowClient(uri).set_experiment_tag(exp.experiment_id, KIND_TAG, MODEL_DEVELOPMENT)
             if run_id and mlflow.get_run(run_id).info.experiment_id != exp.experiment_id:
                 raise BenchError(f"run {run_id} is not in experiment {experiment!r}; pass --experiment")
-            return mlflow.start_run(run_id=run_id, run_name=None if run_id else run_name, tags=tags)
+            return mlflow.start_run(run_id=run_id, run_name=None if run_id else run_name, tags=tags,
+                                    log_system_metrics=system_metrics)
     except BenchError:
         raise
     except Exception as exc:  # mlflow raises many types for an unreachable or bad store
@@ -141,7 +151,8 @@ def mlflow_run(experiment: str, uri: Optional[str], run_name: Optional[str] = No
 
 @contextlib.contextmanager
 def tracked_run(experiment: str, uri: Optional[str], run_name: Optional[str] = None,
-                tags: Optional[dict[str, str]] = None, run_id: Optional[str] = None) -> Iterator:
+                tags: Optional[dict[str, str]] = None, run_id: Optional[str] = None,
+                system_metrics: bool = False) -> Iterator:
     """One MLflow run whose logging never loses data; yields a ``bench.spool.SpooledRun``.
 
     The run's work folder (checkpoints, spool) is ``checkpoints/<run id>`` under the working
@@ -157,7 +168,7 @@ def tracked_run(experiment: str, uri: Optional[str], run_name: Optional[str] = N
     uri = resolve_uri(uri)
     for key, value in HTTP_DEFAULTS.items():
         os.environ.setdefault(key, value)
-    active = open_run(experiment, uri, run_name, tags, run_id)
+    active = open_run(experiment, uri, run_name, tags, run_id, system_metrics)
     info = mlflow.get_run(active.info.run_id)
     workdir = run_workdir(active.info.run_id, info.data.tags)
     with claim(workdir, active.info.run_id):  # a resumed run's is held already (re-entrant)

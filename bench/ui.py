@@ -46,6 +46,9 @@ def check_port(host: str, port: int) -> None:
                              f"(or stop what holds it)") from None
 
 
+TRAINING_VIEW = "workflowType=machine_learning"
+
+
 def serve(uri: str, host: str, port: int, timeout: float = START_TIMEOUT) -> int:
     """Run the MLflow server until it is stopped; a BenchError if it does not come up."""
     check_port(host, port)
@@ -60,7 +63,10 @@ def serve(uri: str, host: str, port: int, timeout: float = START_TIMEOUT) -> int
     keep_log = True  # the log is the evidence of a failure; a server that served is not one
     try:
         _wait_up(proc, _probe_url(host, port), log, timeout)
-        print(f"serving http://{host}:{port}", flush=True)
+        # MLflow 3.17's UI opens experiments on the GenAI overview unless the link (or the
+        # browser's last choice) asks for model training: the experimentKind tag is not enough
+        print(f"serving http://{host}:{port}; training runs: http://{host}:{port}/#/experiments?{TRAINING_VIEW}",
+              flush=True)
         keep_log = False
         code = proc.wait()
         if code != 0:

@@ -20,7 +20,7 @@ from typing import Optional
 import torch
 
 from bench.config import option
-from bench.method import DistillContext, Method, TrainStage
+from bench.method import DistillContext, Distilled, Method, TrainStage
 from bench.registry import METHODS
 from bench.sampling import Sampler
 from bench.student import Student
@@ -212,6 +212,12 @@ class BOOT(Method):
 
             self._fast = (self.ema, compiled_sampler(self.ema, self.device))
         return self._one_step(self._fast[1])
+
+    def distilled(self) -> dict[int, Distilled]:
+        """x = g_theta(eps, -1) = c_skip eps + c_out net(eps, -1) (bench.student.Student)."""
+        s = self.ema
+        return {1: Distilled(s.net, {"kind": "one_step", "t": -1.0, "c_skip": float(s.c_skip),
+                                     "c_out": float(s.c_out)})}
 
     def save_artifacts(self, out_dir: Path) -> None:
         from bench.artifacts import plot_training

@@ -32,9 +32,9 @@ import torch
 from bench.config import option
 from bench.errors import BenchError
 from bench.files import save_weights
-from bench.method import DistillContext, Method, TrainStage
+from bench.method import DistillContext, Distilled, Method, TrainStage
 from bench.registry import METHODS
-from bench.sampling import Sampler, ddim_sample, ddim_step
+from bench.sampling import Sampler, ddim_rule, ddim_sample, ddim_step
 from bench.student import TimeMLP, add_x_head
 from bench.synthetic import synthetic_data
 from bench.teachers.base import Teacher
@@ -263,6 +263,11 @@ class Progressive(Method):
         self.check_nfe(nfe)
         found = self.rounds.get(nfe)
         return self._sampler(found.student if found else self.teacher, nfe)
+
+    def distilled(self) -> dict[int, Distilled]:
+        """Each finished round's student with DDIM over its own step count, as ``sampler``."""
+        return {n: Distilled(r.student.net, ddim_rule(r.student, r.student.schedule.timesteps(n)))
+                for n, r in sorted(self.rounds.items()) if n in self.default_nfe()}
 
     def save_artifacts(self, out_dir: Path) -> None:
         from bench.artifacts import plot_training

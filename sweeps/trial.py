@@ -48,9 +48,21 @@ def run_trial(config: dict, spec: SweepSpec, parent_run_id: str, tracking_uri: s
     # Tune stops a trial by raising SystemExit inside report(); the driver then marks the
     # run KILLED and tags why (the trial's own process may not outlive the stop)
     run(run_cfg, overrides, progress=False,
-        hooks=RunHooks(run_name=context.get_trial_name(), tags=tags, resume=resume,
+        hooks=RunHooks(run_name=trial_run_name(spec.name, context.get_trial_name(), context.get_trial_dir()),
+                       tags=tags, resume=resume,
                        checkpoint=_tune_checkpoint_file(tune.get_checkpoint(), previous),
                        on_start=reporter.started, on_metrics=reporter))
+
+
+def trial_run_name(sweep: str, trial_name: str, trial_dir: str) -> str:
+    """``<sweep>-t03``: the trial's number in Ray's experiment tag, which its folder name holds
+    after the trial's name (``run_trial_a1b2c3d4_3_lr=0.001_...``); Optuna's trial ids are random
+    hex, with no number in them. The trial name where the folder says nothing."""
+    import re
+
+    folder = Path(trial_dir).name
+    found = re.match(r"_(\d+)(_|$)", folder[len(trial_name):]) if folder.startswith(trial_name) else None
+    return f"{sweep}-t{int(found.group(1)):02d}" if found else f"{sweep}-{trial_name}"
 
 
 def _overrides(spec: SweepSpec, config: dict, run_cfg) -> dict:

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from bench.cli import main
+from bench.ui import TRAINING_VIEW
 from conftest import bench_ui, stop_group
 
 CHROMIUM = shutil.which("chromium")
@@ -33,7 +34,8 @@ def runs(tracking_uri):
     for method in ("ddim", "boot"):
         assert main(["run", "--teacher", "gmm2d", "--method", method, "--nfe", "1", "--num-samples", "50",
                      "--set", "spacing=trailing" if method == "ddim" else "iterations=3",
-                     "--tracking-uri", tracking_uri, "--experiment", "browser", "--quiet"]) == 0
+                     "--tracking-uri", tracking_uri, "--experiment", "browser", "--quiet",
+                     "--no-system-metrics"]) == 0
     client = MlflowClient(tracking_uri)
     exp = client.get_experiment_by_name("browser")
     return exp.experiment_id, client.search_runs([exp.experiment_id])
@@ -51,12 +53,27 @@ def test_report_page_in_browser(runs, tracking_uri, tmp_path):
 
 
 def test_mlflow_ui_in_browser(runs, tracking_uri, tmp_path):
+    """The experiment's page, opened as `bench ui` links it (MLflow 3.17 picks GenAI or model
+    training from the link, not the experiment kind), lists the runs by name; the compare view
+    of two runs renders both, with fid_nfe1, fid_best and train_seconds."""
+    import json
+    import urllib.parse
+
     exp_id, found = runs
+    assert sorted(r.info.run_name for r in found) == ["boot-gmm2d-s0", "ddim-gmm2d-s0"]
     proc, base = bench_ui(tracking_uri, tmp_path)
     try:
         shot = (SHOTS if SHOTS.name else tmp_path) / "mlflow_ui.png"
-        dom = _chromium(tmp_path, f"{base}/#/experiments/{exp_id}/runs", shot)
+        dom = _chromium(tmp_path, f"{base}/#/experiments/{exp_id}?{TRAINING_VIEW}", shot)
         assert all(r.info.run_name in dom for r in found), [r.info.run_name for r in found]
+        assert "Detect Issues" not in dom  # a button of the GenAI overview, where it would open without the link
+        assert shot.stat().st_size > 10_000
+        ids = urllib.parse.quote(json.dumps([r.info.run_id for r in found]))
+        shot = (SHOTS if SHOTS.name else tmp_path) / "mlflow_compare.png"
+        dom = _chromium(tmp_path, f"{base}/#/compare-runs?runs={ids}&experiments="
+                                  f"{urllib.parse.quote(json.dumps([exp_id]))}&{TRAINING_VIEW}", shot)
+        assert all(r.info.run_name in dom for r in found)
+        assert all(m in dom for m in ("fid_nfe1", "fid_best", "train_seconds"))
         assert shot.stat().st_size > 10_000
     finally:
         stop_group(proc)

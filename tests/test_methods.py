@@ -81,9 +81,26 @@ def test_method_contract(method, teacher_name, tmp_path):
             x = m.sampler(k)(noise)
         assert calls.calls == k, f"{method} NFE {k} made {calls.calls} network calls"
         assert x.shape == noise.shape and torch.isfinite(x).all()
+    _shipped_student_samples_alike(m, teacher, noise, tmp_path / "student")
     after = teacher.state_dict()
     assert before.keys() == after.keys() and all(torch.equal(v, after[k]) for k, v in before.items())
     assert (teacher.clip_x0, teacher.prediction_type, teacher.autocast, teacher.net) == attributes
+
+
+def _shipped_student_samples_alike(m, teacher, noise, folder):
+    """The student as it ships (MLflow model, bench export: saved networks plus bench.portable's
+    rule) gives the method's own samples at every NFE it ships."""
+    from bench.portable import apply_rule, load_network
+    from bench.student_model import write_student
+
+    shipped = m.distilled()
+    assert set(shipped) <= set(m.default_nfe())
+    if shipped:
+        write_student(shipped, teacher, folder)
+    for k, d in shipped.items():
+        with torch.no_grad():
+            x = apply_rule(d.rule, load_network(folder / "nets" / f"nfe_{k}"), noise)
+            torch.testing.assert_close(x, m.sampler(k)(noise), rtol=0, atol=1e-6)
 
 
 @pytest.mark.parametrize("method,teacher_name", PAIRS)

@@ -21,7 +21,7 @@ def store(tmp_path_factory):
         uri = f"sqlite:///{tmp / 'mlflow.db'}"
         for seed in ("0", "1"):
             _run(uri, "--method", "ddim", "--nfe", "1,2", "--seed", seed)
-        _run(uri, "--method", "boot", "--set", "iterations=2", "--set", "eval_every=0")
+        _run(uri, "--method", "boot", "--set", "iterations=2", "--set", "eval_every=1", "--set", "log_every=1")
         _run(uri, "--method", "progressive", "--set", "start_steps=2", "--set", "iterations=2")
         _run(uri, "--method", "solver", "--set", "scheduler=unipc", "--nfe", "2")
     finally:
@@ -59,6 +59,9 @@ def test_table_numbers_are_the_logged_numbers(store, tmp_path, capsys):
         assert (out / name).is_file(), name
     html = (out / "report.html").read_text()
     assert all(r.info.run_id in html for r in runs) and "digits-cnn" in html
+    for name in ("digits_train_fid_vs_seconds.png", "digits_train_fid_vs_teacher_forwards.png",
+                 "grids/digits_boot_nfe1.png", "grids/digits_ddim_nfe2.png", "grids/digits_solver_unipc_nfe2.png"):
+        assert (out / name).is_file() and f'src="{name}"' in html, name
     reports = client.search_runs([runs[0].info.experiment_id], filter_string="tags.`bench.report` = 'true'")
     assert len(reports) == 1 and client.list_artifacts(reports[0].info.run_id, "report")
 
@@ -148,3 +151,27 @@ def test_report_of_a_real_kid_only_run_and_an_out_that_is_a_file(tracking_uri, t
     assert main(["report", "--tracking-uri", tracking_uri, "--out", str(tmp_path / "afile")]) == 2
     err = capfd.readouterr().err.strip().splitlines()
     assert err == [f"bench: error: --out {tmp_path / 'afile'} is a file; give a folder for the report's files"]
+
+
+def test_training_curves_are_interpolated_at_the_quick_fid_steps():
+    """train/fid every eval_every steps, seconds every log_every: seconds read off at FID steps."""
+    import pandas as pd
+
+    from reports.curves import training_curves
+
+    class Point:
+        def __init__(self, step, value):
+            self.step, self.value = step, value
+
+    hist = {"train/fid": [Point(5, 9.0), Point(10, 4.0)], "train/seconds": [Point(0, 0.0), Point(10, 20.0)],
+            "train/teacher_forwards": [Point(0, 0.0), Point(10, 640.0)]}
+
+    class Client:
+        def get_metric_history(self, run_id, key):
+            return hist[key] if run_id == "a" else []
+
+    runs = pd.DataFrame([{"run_id": "a", "teacher": "t", "method": "boot", "config": "c", "seed": 0},
+                         {"run_id": "b", "teacher": "t", "method": "ddim", "config": "c", "seed": 0}])
+    curves = training_curves(Client(), runs)
+    assert curves[["method", "step", "fid", "seconds", "teacher_forwards"]].values.tolist() == [
+        ["boot", 5.0, 9.0, 10.0, 320.0], ["boot", 10.0, 4.0, 20.0, 640.0]]

@@ -54,6 +54,7 @@ def test_local_sweep_nests_trials_and_tags_the_best(tmp_path):
     assert "sweep tiny: 4 trials" in out.stdout and "best fid@1 =" in out.stdout
     client, parent, kids = children(uri)
     assert len(kids) == 4 and len({k.data.tags["sweep.trial_id"] for k in kids}) == 4
+    assert sorted(k.info.run_name for k in kids) == ["tiny-t01", "tiny-t02", "tiny-t03", "tiny-t04"]
     finished = [k for k in kids if k.info.status == "FINISHED"]
     stopped = [k for k in kids if k.info.status == "KILLED"]
     assert finished and len(finished) + len(stopped) == 4

@@ -1,0 +1,61 @@
+"""The README model card of an exported student: what it is, how good, from what, and the exact
+sampling rule (in words and as code), from the run's MLflow record only."""
+from __future__ import annotations
+
+import json
+
+
+def describe_rule(rule: dict) -> str:
+    """The sampling rule in one paragraph; ``sampling.json`` holds it exactly."""
+    if rule["kind"] == "one_step":
+        return (f"One network evaluation: `x = {rule['c_skip']!r} * eps + {rule['c_out']!r} * "
+                f"unet(eps, t={rule['t']!r}).sample`, with `eps ~ N(0, I)` of the sample's shape.")
+    lo, hi = rule["data_range"]
+    clip = f"x0 clipped to [{lo}, {hi}] (eps re-derived from the clipped x0)" if rule["clip_x0"] else "x0 not clipped"
+    return (f"Deterministic DDIM (eta = 0), {len(rule['timesteps'])} network evaluations at timesteps "
+            f"{rule['timesteps']} (then to alpha_bar = 1), starting from `x = eps ~ N(0, I)`; the UNet's "
+            f"output read as `{rule['prediction_type']}`"
+            + (" (first half of the channels x~, second half eps~, merged as x0 = sigma^2 x~ + alpha (x - sigma eps~),"
+               " Salimans & Ho sec. 4)" if rule["prediction_type"] == "x_and_epsilon" else "")
+            + f"; {clip}; alpha_bar per timestep from `alphas_cumprod` in sampling.json.")
+
+
+def _code(spec: dict, nfe: int) -> str:
+    shape = tuple(spec["sample_shape"])
+    rule = spec["samplers"][str(nfe)]["rule"]
+    lines = ["import torch", "from diffusers import UNet2DModel", "",
+             'unet = UNet2DModel.from_pretrained("path/to/this/folder", subfolder="unet").eval()',
+             "seeds = range(16)  # image i depends on its seed only",
+             f"eps = torch.stack([torch.randn({shape}, generator=torch.Generator().manual_seed(s)) for s in seeds])"]
+    if rule["kind"] == "one_step":
+        lines += ["with torch.no_grad():",
+                  f"    x = {rule['c_skip']!r} * eps + {rule['c_out']!r} * unet(eps, torch.full((len(eps),), "
+                  f"{rule['t']!r})).sample"]
+    else:
+        lines += ["", "# the DDIM rule above, exactly as the run evaluated it (portable.py is its reference):",
+                  "from portable import StudentSampler", 'x = StudentSampler("path/to/this/folder").sample(list(seeds))']
+    lo, hi = spec["data_range"]
+    lines.append(f"# x: images in [{lo}, {hi}], shape (16, {', '.join(map(str, shape))})")
+    return "\n".join(lines)
+
+
+def model_card(run, spec: dict, nfe: int) -> str:
+    p, tags = run.data.params, run.data.tags
+    source = p.get("teacher.source", "")
+    front = ["---", "library_name: diffusers", "tags:", "- diffusion-distillation", "- distill-bench",
+             f"- {p['method']}"] + ([f"base_model: {source}"] if "/" in source and not source.startswith(("/", "bench/"))
+                                    else []) + ["---", ""]
+    table = tags.get("mlflow.note.content", "(no result table was logged with this run)")
+    rule = spec["samplers"][str(nfe)]["rule"]
+    body = [f"# {p.get('label', p['method'])} student of `{p.get('teacher')}`, {nfe} step(s)", "",
+            f"Distilled by distill-bench, MLflow run `{run.info.run_id}` "
+            f"(`{run.info.run_name}`, git commit `{tags.get('git_commit', 'unknown')}`).", "",
+            "## Results (from the run)", "", table, "",
+            "## Teacher", "", f"- name: `{p.get('teacher')}`", f"- source: `{source}`",
+            f"- revision: `{p.get('teacher.revision', '')}`", f"- sha256 of its weights: `{p.get('teacher.sha256', '')}`",
+            "", "## Sampling rule", "", describe_rule(rule), "",
+            "`sampling.json` holds the rule exactly; `portable.py` (torch and diffusers only) runs it.", "",
+            "```python", _code(spec, nfe), "```", "",
+            "## Method configuration", "", "```json",
+            json.dumps({k: v for k, v in sorted(p.items()) if k.startswith("method.")}, indent=1), "```", ""]
+    return "\n".join(front + body)

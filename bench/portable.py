@@ -1,0 +1,158 @@
+"""A distilled student as a self-contained sampler: its networks plus the exact sampling rule.
+
+This file imports nothing from ``bench``: it ships, as it is, inside every student's MLflow
+model (``code/portable.py``) and every ``bench export`` folder, so a student samples in a
+process that has torch (and diffusers, for UNet students) but not this harness.
+
+A student folder holds ``sampling.json``::
+
+    {"sample_shape": [1, 8, 8], "data_range": [-1, 1], "num_classes": null, "default_nfe": 1,
+     "samplers": {"1": {"network": "nets/nfe_1", "rule": {"kind": "one_step", ...}}}}
+
+and each network folder a diffusers ``UNet2DModel`` (``from_pretrained``) or a ``TimeMLP``
+(``network.json`` + ``model.safetensors``). The rules, with eps the noise of a sample's seed:
+
+- ``one_step``: x = c_skip eps + c_out net(eps, t) (BOOT's g_theta(eps, -1));
+- ``ddim``: deterministic DDIM (eta = 0) over ``timesteps`` from x = eps, the network's output
+  read as ``prediction_type`` with alpha_bar from ``alphas_cumprod`` (1 after the last step),
+  x0 clipped to the data range if ``clip_x0`` (eps re-derived from the clipped x0).
+Noise: sample i with seed s_i is ``torch.randn(sample_shape, generator=Generator().manual_seed(s_i))``,
+so images depend on their own seed only, never on the batch.
+"""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Optional, Sequence
+
+import torch
+from torch import nn
+
+RULES = ("one_step", "ddim")
+
+
+class TimeMLP(nn.Module):
+    """MLP student for vector data: [x, sinusoidal(t / T)] -> prediction of the same size."""
+
+    def __init__(self, dim: int, T: int, width: int = 256, depth: int = 3, freqs: int = 16):
+        super().__init__()
+        self.T, self.freqs = T, freqs
+        self.kwargs = {"dim": dim, "T": T, "width": width, "depth": depth, "freqs": freqs}
+        layers, d_in = [], dim + 2 * freqs
+        for _ in range(depth):
+            layers += [nn.Linear(d_in, width), nn.SiLU()]
+            d_in = width
+        self.body = nn.Sequential(*layers, nn.Linear(width, dim))
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, cond=None) -> torch.Tensor:
+        u = (t.float() + 1) / (self.T + 1)  # t in [-1, T-1] -> (0, 1]
+        k = torch.arange(self.freqs, device=x.device, dtype=torch.float32)
+        ang = u[:, None] * math.pi * (2.0 ** (k / 2))[None]  # periods from 2 down to ~1/90 of the range
+        return self.body(torch.cat([x.flatten(1), ang.sin(), ang.cos()], dim=1)).view_as(x)
+
+
+def seed_noise(seeds: Sequence[int], shape: Sequence[int]) -> torch.Tensor:
+    """eps for each seed: one CPU generator per sample (the harness's evaluator draws the same)."""
+    out = torch.empty((len(seeds),) + tuple(shape))
+    for row, seed in enumerate(seeds):
+        out[row] = torch.randn(tuple(shape), generator=torch.Generator().manual_seed(int(seed) % 2**32))
+    return out
+
+
+def load_network(folder: Path) -> nn.Module:
+    """A network saved by the harness: a diffusers UNet2DModel folder, or a TimeMLP."""
+    folder = Path(folder)
+    if (folder / "network.json").is_file():
+        from safetensors.torch import load_file
+
+        spec = json.loads((folder / "network.json").read_text())
+        net = TimeMLP(**spec["kwargs"])
+        net.load_state_dict(load_file(str(folder / "model.safetensors")))
+        return net.eval()
+    from diffusers import UNet2DModel
+
+    # low_cpu_mem_usage=False: the same load, without diffusers' advice to install accelerate
+    return UNet2DModel.from_pretrained(str(folder), low_cpu_mem_usage=False).eval()
+
+
+def call(net: nn.Module, x: torch.Tensor, t: torch.Tensor, cond=None) -> torch.Tensor:
+    """The raw network output at (x, t): diffusers UNets take class labels by keyword."""
+    if hasattr(net, "config") and hasattr(net, "conv_out"):
+        return net(x, t, class_labels=cond).sample
+    return net(x, t, cond)
+
+
+def _ab(rule: dict, t: int) -> float:
+    return 1.0 if t < 0 else float(rule["alphas_cumprod"][t])
+
+
+def _x0_eps(rule: dict, out: torch.Tensor, x: torch.Tensor, t: int):
+    """(x0, eps) from the raw output, as the harness's Teacher.predict computes them."""
+    a = torch.tensor(math.sqrt(_ab(rule, t)), dtype=torch.float64).to(x.dtype)
+    s = torch.tensor(math.sqrt(max(1 - _ab(rule, t), 0.0)), dtype=torch.float64).to(x.dtype)
+    kind = rule["prediction_type"]
+    if kind == "epsilon":
+        eps, x0 = out, (x - s * out) / a
+    elif kind == "sample":
+        x0, eps = out, (x - a * out) / s.clamp(min=1e-12)
+    elif kind == "v_prediction":  # v = alpha eps - sigma x0
+        x0, eps = a * x - s * out, s * x + a * out
+    else:  # x_and_epsilon: x~ and eps~ in the two halves of the channels (Salimans & Ho sec. 4)
+        x_head, eps_head = out.chunk(2, dim=1)
+        x0 = s ** 2 * x_head + a * (x - s * eps_head)
+        eps = (x - a * x0) / s.clamp(min=1e-12)
+    if rule.get("clip_x0"):
+        lo, hi = rule["data_range"]
+        clipped = x0.clamp(lo, hi)
+        eps = torch.where(clipped == x0, eps, (x - a * clipped) / s.clamp(min=1e-12))
+        x0 = clipped
+    return x0, eps
+
+
+@torch.no_grad()
+def apply_rule(rule: dict, net: nn.Module, eps: torch.Tensor, cond=None) -> torch.Tensor:
+    """Samples from noise ``eps`` by ``rule`` (see the module docstring)."""
+    if rule["kind"] == "one_step":
+        t = torch.full((len(eps),), float(rule["t"]), device=eps.device)
+        return rule["c_skip"] * eps + rule["c_out"] * call(net, eps, t, cond)
+    if rule["kind"] != "ddim":
+        raise ValueError(f"unknown sampling rule {rule['kind']!r}; known: {', '.join(RULES)}")
+    x, steps = eps, list(rule["timesteps"]) + [-1]
+    for t, s in zip(steps[:-1], steps[1:]):
+        x0, e = _x0_eps(rule, call(net, x, torch.full((len(x),), float(t), device=x.device), cond), x, t)
+        a_s = torch.tensor(math.sqrt(_ab(rule, s)), dtype=torch.float64).to(x.dtype)
+        s_s = torch.tensor(math.sqrt(max(1 - _ab(rule, s), 0.0)), dtype=torch.float64).to(x.dtype)
+        x = a_s * x0 + s_s * e
+    return x
+
+
+class StudentSampler:
+    """A student folder (``sampling.json`` + networks) as ``sample(seeds, labels, nfe) -> images``."""
+
+    def __init__(self, folder: str | Path, device: str = "cpu"):
+        self.folder = Path(folder)
+        self.spec = json.loads((self.folder / "sampling.json").read_text())
+        self.device = torch.device("cuda" if device == "auto" and torch.cuda.is_available()
+                                   else "cpu" if device == "auto" else device)
+        self.nets: dict[str, nn.Module] = {}
+
+    @property
+    def nfes(self) -> list[int]:
+        return sorted(int(k) for k in self.spec["samplers"])
+
+    def sample(self, seeds: Sequence[int], labels: Optional[Sequence[int]] = None, nfe: Optional[int] = None,
+               batch_size: int = 256) -> torch.Tensor:
+        """Images (N, *sample_shape) on the CPU, in the data range, one per seed."""
+        key = str(nfe or self.spec["default_nfe"])
+        if key not in self.spec["samplers"]:
+            raise ValueError(f"this student samples with NFE {', '.join(map(str, self.nfes))}, not {key}")
+        entry = self.spec["samplers"][key]
+        if key not in self.nets:
+            self.nets[key] = load_network(self.folder / entry["network"]).to(self.device)
+        out = []
+        for i in range(0, len(seeds), batch_size):
+            eps = seed_noise(seeds[i:i + batch_size], self.spec["sample_shape"]).to(self.device)
+            cond = None if labels is None else torch.as_tensor(labels[i:i + batch_size], device=self.device)
+            out.append(apply_rule(entry["rule"], self.nets[key], eps, cond).float().cpu())
+        return torch.cat(out) if out else torch.empty((0, *self.spec["sample_shape"]))
