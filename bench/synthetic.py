@@ -39,3 +39,15 @@ def synthetic_data(teacher: Teacher, n: int, steps: int, seed: int, device) -> t
         save_npz_atomic(path, x=x.numpy(), seconds=seconds, definition=definition_array(definition))
     return x, {"data_seconds": seconds, "data_teacher_forwards": float(n * min(steps, teacher.T))}
 
+
+
+def training_data(teacher: Teacher, data: str, n: int, steps: int, seed: int, device) -> tuple[torch.Tensor, dict]:
+    """(x, cost) for a method that trains on data: the teacher's registered data set (``data`` =
+    'real'), or ``n`` of its own DDIM-``steps`` samples ('synthetic', cached and counted)."""
+    from bench.errors import BenchError
+
+    if data == "real":
+        if teacher.dataset is None:
+            raise BenchError("this teacher has no registered data set; use --set data=synthetic")
+        return teacher.dataset(), {}
+    return synthetic_data(teacher, n, steps, seed, device)

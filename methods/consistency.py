@@ -55,7 +55,7 @@ from bench.method import DistillContext, Method, TrainStage
 from bench.registry import METHODS
 from bench.sampling import Sampler, ddim_step
 from bench.student import TimeMLP, add_x_head
-from bench.synthetic import synthetic_data
+from bench.synthetic import training_data
 from bench.teachers.base import Teacher
 from bench.train import TrainConfig, Trainer, frozen_teacher
 
@@ -277,11 +277,7 @@ class Consistency(Method):
 
     def _data(self, ctx: DistillContext) -> tuple[torch.Tensor, dict[str, float]]:
         cfg = self.config
-        if cfg.data == "real":
-            if self.teacher.dataset is None:
-                raise BenchError("this teacher has no registered data set; use --set data=synthetic")
-            return self.teacher.dataset(), {}
-        return synthetic_data(self.teacher, cfg.synthetic_samples, cfg.synthetic_steps, ctx.seed, ctx.device)
+        return training_data(self.teacher, cfg.data, cfg.synthetic_samples, cfg.synthetic_steps, ctx.seed, ctx.device)
 
     def max_nfe(self) -> int:
         return len(self.grid) - 1

@@ -36,7 +36,7 @@ from bench.method import DistillContext, Distilled, Method, TrainStage
 from bench.registry import METHODS
 from bench.sampling import Sampler, ddim_rule, ddim_sample, ddim_step
 from bench.student import TimeMLP, add_x_head
-from bench.synthetic import synthetic_data
+from bench.synthetic import training_data
 from bench.teachers.base import Teacher
 from bench.train import TrainConfig, Trainer, Totals, frozen_teacher
 
@@ -226,11 +226,7 @@ class Progressive(Method):
 
     def _data(self, ctx: DistillContext) -> tuple[torch.Tensor, dict[str, float]]:
         cfg = self.config
-        if cfg.data == "real":
-            if self.teacher.dataset is None:
-                raise BenchError("this teacher has no registered data set; use --set data=synthetic")
-            return self.teacher.dataset(), {}
-        return synthetic_data(self.teacher, cfg.synthetic_samples, cfg.synthetic_steps, ctx.seed, ctx.device)
+        return training_data(self.teacher, cfg.data, cfg.synthetic_samples, cfg.synthetic_steps, ctx.seed, ctx.device)
 
     # -- samplers -------------------------------------------------------------------
     def max_nfe(self) -> int:
