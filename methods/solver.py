@@ -50,6 +50,8 @@ class Spec:
     predictions: tuple[str, ...] = ("epsilon", "sample", "v_prediction")
     default_order: int = 0  # 0: no order to choose
     max_order: int = 0
+    label: str = ""  # how reports name it, with {order}; "" : the scheduler's name
+    order_in_step: bool = False  # the order goes to step() (LMS), not to the constructor
 
 
 _MULTI = ("solver_order", "timestep_spacing", "use_karras_sigmas", "lower_order_final", "thresholding")
@@ -62,16 +64,17 @@ SCHEDULERS: dict[str, Spec] = {
                  ("timestep_spacing", "use_karras_sigmas")),
     "dpmsolver++": Spec("DPMSolverMultistepScheduler",
                         {"algorithm_type": "dpmsolver++", "euler_at_final": False, "steps_offset": 0},
-                        _MULTI + ("final_sigmas_type",), default_order=2, max_order=3),
+                        _MULTI + ("final_sigmas_type",), default_order=2, max_order=3, label="dpmsolver++ {order}M"),
     "dpmsolver++_singlestep": Spec("DPMSolverSinglestepScheduler", {"algorithm_type": "dpmsolver++"},
                                    ("solver_order", "use_karras_sigmas", "lower_order_final", "thresholding",
-                                    "final_sigmas_type"), default_order=2, max_order=3),
+                                    "final_sigmas_type"), default_order=2, max_order=3, label="dpmsolver++ {order}S"),
     "unipc": Spec("UniPCMultistepScheduler", {"predict_x0": True, "steps_offset": 0},
                   _MULTI + ("final_sigmas_type",), default_order=2, max_order=3),
     "deis": Spec("DEISMultistepScheduler", {"algorithm_type": "deis", "steps_offset": 0}, _MULTI,
                  default_order=2, max_order=3),
     "lms": Spec("LMSDiscreteScheduler", {"steps_offset": 0},
-                ("solver_order", "timestep_spacing", "use_karras_sigmas"), default_order=4, max_order=4),
+                ("solver_order", "timestep_spacing", "use_karras_sigmas"), default_order=4, max_order=4,
+                order_in_step=True),
     "pndm": Spec("PNDMScheduler", {"skip_prk_steps": True, "set_alpha_to_one": True, "steps_offset": 0},
                  ("timestep_spacing",), predictions=("epsilon", "v_prediction")),
     "ipndm": Spec("", {}, ("solver_order", "timestep_spacing"), predictions=("epsilon",),
@@ -130,10 +133,10 @@ class Solver(Method):
         self._calls: dict[int, int] = {}  # num_inference_steps -> network calls
 
     def variant(self) -> str:
-        order = self.config.order
-        if self.config.scheduler.startswith("dpmsolver++"):
-            return f"{self.config.scheduler.split('_')[0]} {order}{'S' if 'single' in self.config.scheduler else 'M'}"
-        return f"{self.config.scheduler} {order}" if self.config.solver_order else self.config.scheduler
+        """``dpmsolver++ 3M``, ``unipc 3`` (an order chosen), ``unipc`` (its default)."""
+        if self.spec.label:
+            return self.spec.label.format(order=self.config.order)
+        return f"{self.config.scheduler} {self.config.order}" if self.config.solver_order else self.config.scheduler
 
     def scheduler(self):
         """A fresh scheduler (they keep per-sampling state) from the teacher's noise schedule."""
@@ -142,7 +145,7 @@ class Solver(Method):
         import diffusers
 
         knobs = {k: getattr(self.config, k) for k in self.spec.knobs if k != "solver_order"}
-        if "solver_order" in self.spec.knobs and self.spec.cls != "LMSDiscreteScheduler":
+        if "solver_order" in self.spec.knobs and not self.spec.order_in_step:
             knobs["solver_order"] = self.config.order
         cls = getattr(diffusers, self.spec.cls)
         return cls.from_config(teacher_scheduler_config(self.teacher), **self.spec.fixed, **knobs,
@@ -200,7 +203,7 @@ class Solver(Method):
         """diffusers' pipeline loop from x_{t_max} = noise over ``steps`` inference steps."""
         sched = self.scheduler()
         sched.set_timesteps(steps, device=noise.device)
-        extra = {"order": self.config.order} if self.spec.cls == "LMSDiscreteScheduler" else {}
+        extra = {"order": self.config.order} if self.spec.order_in_step else {}
         x = noise * sched.init_noise_sigma
         for t in sched.timesteps:
             x_in = sched.scale_model_input(x, t)

@@ -59,7 +59,7 @@ def test_each_scheduler_is_diffusers_pipeline_loop(name, prediction_type):
     noise = torch.randn(3, 1, 8, 8, generator=torch.Generator().manual_seed(0))
     for steps in (1, 4):  # 4: the multistep solvers use their history and lower their order at the end
         knobs = {k: getattr(ours.config, k) for k in spec.knobs if k != "solver_order"}
-        if "solver_order" in spec.knobs and name != "lms":
+        if "solver_order" in spec.knobs and not spec.order_in_step:
             knobs["solver_order"] = ours.config.order
         ref = getattr(diffusers, spec.cls).from_config(teacher.scheduler_config, **spec.fixed, **knobs)
         with torch.no_grad():
@@ -186,7 +186,7 @@ def test_knobs_are_the_schedulers_own_and_others_refused():
             continue
         params = inspect.signature(getattr(diffusers, spec.cls).__init__).parameters
         for key in [*spec.knobs, *spec.fixed]:
-            assert key in params or (name == "lms" and key == "solver_order"), (name, key)
+            assert key in params or (spec.order_in_step and key == "solver_order"), (name, key)
     with pytest.raises(ValueError, match="ddim takes no use_karras_sigmas"):
         SolverConfig(scheduler="ddim", use_karras_sigmas=True)
     with pytest.raises(ValueError, match="solver_order 4 is outside 1..3"):
