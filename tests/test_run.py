@@ -62,7 +62,7 @@ def test_config_file_and_set(tracking_uri, tmp_path, capsys):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--method", "nope"], "unknown method 'nope'; known: boot, ddim"),
+    (["--method", "nope"], "unknown method 'nope'; known: boot, consistency, ddim"),
     (["--teacher", "nope"], "unknown teacher 'nope'; known: celebahq, cifar10, digits"),
     (["--teacher", "gmm2d", "--nfe", "0,2"], "every NFE must be >= 1"),
     (["--teacher", "gmm2d", "--nfe", "2000"], "NFE 2000 is outside 1..1000"),

@@ -24,7 +24,7 @@ def _samples(client, run_id, nfe, tmp):
 @pytest.fixture(scope="module")
 def store(tmp_path_factory):
     """A tiny BOOT run (registered, system metrics off) and a DDIM run (system metrics sampled
-    every second), in one store."""
+    every 50 ms), in one store."""
     from mlflow.tracking import MlflowClient
 
     tmp = tmp_path_factory.mktemp("use")
@@ -34,7 +34,8 @@ def store(tmp_path_factory):
     try:
         assert main(["run", "--method", "boot", "--nfe", "1", "--set", "iterations=2", "--set", "eval_every=0",
                      "--no-system-metrics", "--register", "digits-boot", "--tracking-uri", uri, *TINY]) == 0
-        os.environ["MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL"] = "1"
+        # a sample every 50 ms: the tiny run must outlast one interval for MLflow to log any
+        os.environ["MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL"] = "0.05"
         assert main(["run", "--method", "ddim", "--nfe", "1,2", "--seed", "3", "--tracking-uri", uri, *TINY]) == 0
     finally:
         os.chdir(cwd)
