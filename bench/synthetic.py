@@ -51,3 +51,10 @@ def training_data(teacher: Teacher, data: str, n: int, steps: int, seed: int, de
             raise BenchError("this teacher has no registered data set; use --set data=synthetic")
         return teacher.dataset(), {}
     return synthetic_data(teacher, n, steps, seed, device)
+
+
+def with_data_cost(cost: dict, data_cost: dict) -> dict:
+    """Training cost plus what making the data cost: synthetic samples' teacher forwards count
+    toward the method's teacher forwards, so data-free and data-fed runs compare fairly."""
+    return {**cost, "teacher_forwards": cost.get("teacher_forwards", 0.0)
+            + data_cost.get("data_teacher_forwards", 0.0), **data_cost}

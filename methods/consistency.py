@@ -55,7 +55,7 @@ from bench.method import DistillContext, Method, TrainStage
 from bench.registry import METHODS
 from bench.sampling import Sampler, ddim_step
 from bench.student import TimeMLP, add_x_head
-from bench.synthetic import training_data
+from bench.synthetic import training_data, with_data_cost
 from bench.teachers.base import Teacher
 from bench.train import TrainConfig, Trainer, frozen_teacher
 
@@ -272,8 +272,7 @@ class Consistency(Method):
         cost = trainer.fit().as_cost()
         self.ema = trainer.ema.eval()
         self.history = trainer.history
-        cost["teacher_forwards"] += data_cost.get("data_teacher_forwards", 0.0)
-        return {**cost, **data_cost}
+        return with_data_cost(cost, data_cost)
 
     def _data(self, ctx: DistillContext) -> tuple[torch.Tensor, dict[str, float]]:
         cfg = self.config

@@ -36,7 +36,7 @@ from bench.method import DistillContext, Distilled, Method, TrainStage
 from bench.registry import METHODS
 from bench.sampling import Sampler, ddim_rule, ddim_sample, ddim_step
 from bench.student import TimeMLP, add_x_head
-from bench.synthetic import training_data
+from bench.synthetic import training_data, with_data_cost
 from bench.teachers.base import Teacher
 from bench.train import TrainConfig, Trainer, Totals, frozen_teacher
 
@@ -221,8 +221,7 @@ class Progressive(Method):
             self.history += trainer.history
             ctx.log({"round/steps": float(n)}, totals.steps)
         cost = totals.as_cost()
-        cost["teacher_forwards"] += data_cost.get("data_teacher_forwards", 0.0)
-        return {**cost, **data_cost}
+        return with_data_cost(cost, data_cost)
 
     def _data(self, ctx: DistillContext) -> tuple[torch.Tensor, dict[str, float]]:
         cfg = self.config

@@ -131,6 +131,7 @@ class Solver(Method):
         self.prediction = native if native in self.spec.predictions else "epsilon"
         self._steps: dict[int, int] = {}  # NFE -> the num_inference_steps that spends it
         self._calls: dict[int, int] = {}  # num_inference_steps -> network calls
+        self._counter = None  # one scheduler, reused to count calls (set_timesteps resets it)
 
     def variant(self) -> str:
         """``dpmsolver++ 3M``, ``unipc 3`` (an order chosen), ``unipc`` (its default)."""
@@ -155,7 +156,7 @@ class Solver(Method):
         """Network calls of a sampling run with ``steps`` inference steps (Heun: 2 per step but the
         last; PNDM: one more for its warm start): what the scheduler's timesteps hold."""
         if steps not in self._calls:
-            self._counter = getattr(self, "_counter", None) or self.scheduler()
+            self._counter = self._counter or self.scheduler()
             self._counter.set_timesteps(steps)
             self._calls[steps] = len(self._counter.timesteps)
         return self._calls[steps]
