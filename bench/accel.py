@@ -71,10 +71,11 @@ def use_fused(choice: str, device: torch.device) -> bool:
     return choice == "on" or (choice == "auto" and device.type == "cuda")
 
 
-def make_optimizer(name: str, params, lr: float, weight_decay: float, fused: bool) -> torch.optim.Optimizer:
+def make_optimizer(name: str, params, lr: float, weight_decay: float, beta1: float,
+                   fused: bool) -> torch.optim.Optimizer:
     opt_cls = torch.optim.AdamW if name == "adamw" else torch.optim.Adam
     # fused=None keeps torch's own default (foreach on CUDA) when not asked for
-    return opt_cls(params, lr=lr, weight_decay=weight_decay, fused=True if fused else None)
+    return opt_cls(params, lr=lr, weight_decay=weight_decay, betas=(beta1, 0.999), fused=True if fused else None)
 
 
 def compile_in_place(modules: Iterable[nn.Module], device: torch.device, mode: Optional[str] = None) -> None:

@@ -47,19 +47,36 @@ class DistillContext:
 
 
 @dataclasses.dataclass
+class Part:
+    """A network trained beside a stage's model, by its own optimiser (DMD2's and SiD's fake
+    score): ``updates`` optimiser steps of ``loss`` before every step of the model (DMD2's
+    two-time-scale rule: 5). ``loss`` has the LossFn contract; the part gets the stage's
+    optimiser settings at learning rate ``lr``, no EMA, and the same clipping, divergence
+    checks and checkpointing as the model; its loss is logged as ``train/loss_<name>``."""
+
+    name: str
+    model: nn.Module
+    loss: LossFn
+    lr: float
+    updates: int = 1
+
+
+@dataclasses.dataclass
 class TrainStage:
     """One stage of a method's training, as the shared loop (``bench.train.Trainer``) runs it.
 
     ``model`` is what the optimiser trains; ``loss`` draws a batch and returns its per-sample
     losses and teacher forward passes; ``frozen`` networks (the teacher) get the same device
     treatment as the model (channels_last, compile); ``quick_sampler`` turns a copy of the
-    model (its EMA) into a sampler for the periodic quick FID."""
+    model (its EMA) into a sampler for the periodic quick FID; ``parts``: further networks the
+    stage trains (see Part): one step of the stage is their updates, then one step of the model."""
 
     model: nn.Module
     loss: LossFn
     config: Any  # a bench.train.TrainConfig (or subclass)
     frozen: tuple[nn.Module, ...] = ()
     quick_sampler: Optional[Callable[[nn.Module], Sampler]] = None
+    parts: tuple[Part, ...] = ()
 
 
 @dataclasses.dataclass(frozen=True)

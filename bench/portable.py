@@ -12,7 +12,8 @@ A student folder holds ``sampling.json``::
 and each network folder a diffusers ``UNet2DModel`` (``from_pretrained``) or a ``TimeMLP``
 (``network.json`` + ``model.safetensors``). The rules, with eps the noise of a sample's seed:
 
-- ``one_step``: x = c_skip eps + c_out net(eps, t) (BOOT's g_theta(eps, -1));
+- ``one_step``: x = c_skip x_in + c_out net(x_in, t), x_in = in_scale eps (in_scale 1 if absent)
+  (BOOT's g_theta(eps, -1); DMD2's and SiD's G_theta(z) = F(sigma_init z, t_init));
 - ``ddim``: deterministic DDIM (eta = 0) over ``timesteps`` from x = eps, the network's output
   read as ``prediction_type`` with alpha_bar from ``alphas_cumprod`` (1 after the last step),
   x0 clipped to the data range if ``clip_x0`` (eps re-derived from the clipped x0).
@@ -115,7 +116,8 @@ def apply_rule(rule: dict, net: nn.Module, eps: torch.Tensor, cond=None) -> torc
     """Samples from noise ``eps`` by ``rule`` (see the module docstring)."""
     if rule["kind"] == "one_step":
         t = torch.full((len(eps),), float(rule["t"]), device=eps.device)
-        return rule["c_skip"] * eps + rule["c_out"] * call(net, eps, t, cond)
+        x_in = rule["in_scale"] * eps if "in_scale" in rule else eps
+        return rule["c_skip"] * x_in + rule["c_out"] * call(net, x_in, t, cond)
     if rule["kind"] != "ddim":
         raise ValueError(f"unknown sampling rule {rule['kind']!r}; known: {', '.join(RULES)}")
     x, steps = eps, list(rule["timesteps"]) + [-1]

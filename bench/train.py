@@ -34,6 +34,7 @@ class TrainConfig:
     lr: float = option(1e-4, "peak learning rate (1e-4: students start from the teacher's weights)")
     optimizer: str = option("adam", "optimiser", choices=("adam", "adamw"))
     weight_decay: float = option(0.0, "decoupled weight decay (adamw)")
+    adam_beta1: float = option(0.9, "Adam's beta1 (SiD uses 0)")
     warmup: int = option(50, "linear learning-rate warm-up steps (then constant)")
     grad_clip: float = option(1.0, "clip the gradient norm to this (0: off); loss weights such as "
                                    "BOOT's 1/(1-r)^2 make raw gradients spiky")
@@ -64,6 +65,8 @@ class TrainConfig:
         check_choices(self)
         if self.iterations < 0 or self.batch_size < 1 or self.lr <= 0:
             raise ValueError("iterations >= 0, batch_size >= 1 and lr > 0 are required")
+        if not 0 <= self.adam_beta1 < 1:
+            raise ValueError("adam_beta1 must be in [0, 1)")
         if not 0 <= self.ema_decay < 1:
             raise ValueError("ema_decay must be in [0, 1)")
         if self.checkpoint_every < 0 or self.keep_checkpoints < 1:
@@ -108,18 +111,21 @@ class Trainer:
         self.stage, self.cfg, self.ctx, self.start = stage, stage.config, ctx, start
         self.model = stage.model
         self.ema = copy.deepcopy(self.model).requires_grad_(False) if self.cfg.ema_decay > 0 else self.model
+        names = [p.name for p in stage.parts]
+        if len(set(names)) != len(names) or "" in names:
+            raise ValueError(f"the parts of a training stage need distinct non-empty names, got {names}")
         self._accelerate(stage.frozen)  # after the EMA copy: a copy of a compiled module shares its call
-        params = [p for p in self.model.parameters() if p.requires_grad]
-        self.opt = accel.make_optimizer(self.cfg.optimizer, params, self.cfg.lr, self.cfg.weight_decay,
-                                        accel.use_fused(self.cfg.fused_optimizer, ctx.device))
-        self.sched = torch.optim.lr_scheduler.LambdaLR(
-            self.opt, lambda i: min(1.0, (i + 1) / max(1, self.cfg.warmup)))
+        self.opt, self.sched = self._optimiser(self.model, self.cfg.lr)
+        # name -> (part, its optimiser, its schedule); updated before the model in every step
+        self.parts = {p.name: (p, *self._optimiser(p.model, p.lr)) for p in stage.parts}
+        self.part_loss: dict[str, float] = {}
         self.gen = torch.Generator().manual_seed(ctx.seed)
         self.done = Totals()  # this stage's own cost
         self.history: list[dict[str, float]] = []  # what was logged, for the training-curve plot
         self.extra: dict = {}  # a method's own resume state (e.g. the progressive round), saved as is
         self._saved_step = -1
         self._rng_before = None
+        self._updated = 0
         device_type = ctx.device.type
         self.bf16 = self.cfg.precision == "bf16" or (self.cfg.precision == "auto" and device_type == "cuda")
         self.autocast = lambda: torch.autocast(device_type, dtype=torch.bfloat16, enabled=self.bf16)
@@ -135,38 +141,63 @@ class Trainer:
         """The distillation's cost so far: earlier stages and this one."""
         return self.start + self.done
 
+    def _optimiser(self, model: nn.Module, lr: float):
+        """The stage's optimiser over ``model``'s trainable weights, with the linear warm-up."""
+        params = [p for p in model.parameters() if p.requires_grad]
+        opt = accel.make_optimizer(self.cfg.optimizer, params, lr, self.cfg.weight_decay, self.cfg.adam_beta1,
+                                   accel.use_fused(self.cfg.fused_optimizer, self.ctx.device))
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: min(1.0, (i + 1) / max(1, self.cfg.warmup)))
+        return opt, sched
+
     def _accelerate(self, frozen) -> None:
         """Apply the GPU-path options (bench/accel.py); each is a no-op or CPU-safe."""
         cfg, device = self.cfg, self.ctx.device
+        trained = [self.model, *(p.model for p in self.stage.parts)]
         accel.enable_tf32(device, cfg.tf32)
         if cfg.grad_checkpointing:
-            accel.enable_grad_checkpointing(self.model)
+            for model in trained:
+                accel.enable_grad_checkpointing(model)
         if cfg.channels_last:
-            accel.to_channels_last([self.model, self.ema, *frozen])
+            accel.to_channels_last([*trained, self.ema, *frozen])
         if cfg.compile:
-            accel.compile_in_place([self.model, *frozen], device)
+            accel.compile_in_place([*trained, *frozen], device)
 
     # -- one step ------------------------------------------------------------------
     def _step(self) -> float:
+        """One step of the stage: each part's updates, then the model's; returns the model's loss."""
         # the RNG before the step: a last-good checkpoint written after a failed step must
         # resume exactly as if the step had not started
         self._rng_before = (self.gen.get_state(), torch.get_rng_state())
+        self._updated = 0  # optimiser steps taken in this step (a failure after one: no last-good save)
+        rows = 0.0
+        for name, (part, opt, sched) in self.parts.items():
+            for _ in range(part.updates):
+                self.part_loss[name], forwards = self._update(part.model, part.loss, opt, sched, f"{name} ")
+                rows += forwards
+        loss, forwards = self._update(self.model, self.stage.loss, self.opt, self.sched, "")
+        self._update_ema()
+        self.done += Totals(1, 0.0, rows + forwards)
+        return loss
+
+    def _update(self, model: nn.Module, loss_fn, opt, sched, what: str) -> tuple[float, float]:
+        """One optimiser step of ``model`` on one batch of ``loss_fn``: (its mean loss, the teacher
+        forward rows it cost). Gradients a loss leaves in another network's weights are harmless:
+        every optimiser clears its own before its backward pass."""
         with self.autocast():
-            losses, teacher_forwards = self.stage.loss(self.step, self.gen)
+            losses, teacher_forwards = loss_fn(self.step, self.gen)
         loss = losses.float().mean()
         if not torch.isfinite(loss):
-            raise Diverged(f"loss is {loss.item()} at step {self.total.steps}")
-        self.opt.zero_grad(set_to_none=True)
+            raise Diverged(f"{what}loss is {loss.item()} at step {self.total.steps}")
+        opt.zero_grad(set_to_none=True)
         loss.backward()
         if self.cfg.grad_clip > 0:
-            norm = nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
+            norm = nn.utils.clip_grad_norm_(model.parameters(), self.cfg.grad_clip)
             if not torch.isfinite(norm):  # clipping by a non-finite norm would write NaN into every weight
-                raise Diverged(f"gradient norm is {norm.item()} at step {self.total.steps}")
-        self.opt.step()
-        self.sched.step()
-        self._update_ema()
-        self.done += Totals(1, 0.0, teacher_forwards * len(losses))
-        return loss.item()
+                raise Diverged(f"{what}gradient norm is {norm.item()} at step {self.total.steps}")
+        opt.step()
+        sched.step()
+        self._updated += 1
+        return loss.item(), teacher_forwards * len(losses)
 
     def _update_ema(self) -> None:
         if self.ema is self.model:
@@ -212,7 +243,8 @@ class Trainer:
     def _after_step(self, loss: float, elapsed: float) -> None:
         cfg, total = self.cfg, self.total
         if self.step % cfg.log_every == 0 or self.step == cfg.iterations:
-            self._log({"train/loss": loss, "train/seconds": total.seconds,
+            self._log({"train/loss": loss, **{f"train/loss_{k}": v for k, v in self.part_loss.items()},
+                       "train/seconds": total.seconds,
                        "train/teacher_forwards": total.teacher_forwards,
                        "train/images_per_second": cfg.batch_size / max(elapsed, 1e-9)})
         if self.stage.quick_sampler and cfg.eval_every and self.step % cfg.eval_every == 0 \
@@ -239,7 +271,8 @@ class Trainer:
         return path
 
     def _finite(self) -> bool:
-        return all(bool(torch.isfinite(p).all()) for p in self.model.parameters())
+        models = [self.model, *(part.model for part, _, _ in self.parts.values())]
+        return all(bool(torch.isfinite(p).all()) for m in models for p in m.parameters())
 
     def _newest_good(self) -> str:
         found = ckpt.newest_checkpoint(self.ctx.workdir)
@@ -248,7 +281,7 @@ class Trainer:
     def _save_last_good(self) -> str:
         """After a failed step: the weights are those of the previous step unless they were
         already non-finite, in which case the newest checkpoint is the last good state."""
-        if not self._finite():
+        if not self._finite() or self._updated:  # a part already stepped: the step is half done
             return self._newest_good()
         if self._rng_before is not None:
             self.gen.set_state(self._rng_before[0])
@@ -261,7 +294,9 @@ class Trainer:
                  "opt": self.opt.state_dict(), "sched": self.sched.state_dict(),
                  "step": self.step, "done": dataclasses.asdict(self.done),
                  "start": dataclasses.asdict(self.start), "gen": self.gen.get_state(),
-                 "torch_rng": torch.get_rng_state(), "extra": self.extra}
+                 "torch_rng": torch.get_rng_state(), "extra": self.extra,
+                 "parts": {name: {"model": part.model.state_dict(), "opt": opt.state_dict(),
+                                  "sched": sched.state_dict()} for name, (part, opt, sched) in self.parts.items()}}
         ckpt.write_checkpoint(state, path)
         self._saved_step = self.step
         return path
@@ -272,6 +307,10 @@ class Trainer:
             self.model.load_state_dict(state["model"])
             self.ema.load_state_dict(state["ema"])
             self.opt.load_state_dict(state["opt"])
+            for name, (part, opt, sched) in self.parts.items():
+                part.model.load_state_dict(state["parts"][name]["model"])
+                opt.load_state_dict(state["parts"][name]["opt"])
+                sched.load_state_dict(state["parts"][name]["sched"])
         except (RuntimeError, ValueError, KeyError) as exc:
             raise BenchError(f"checkpoint {path} does not fit this model and config "
                              f"({first_line(exc, 200)})") from None

@@ -173,6 +173,11 @@ class Teacher(nn.Module):
             x0 = x0_clipped
         return x0, eps
 
+    def output(self, x_t: torch.Tensor, t, cond=None) -> torch.Tensor:
+        """The network's raw output at (x_t, t): its native parameterisation, what it was trained on."""
+        t = torch.as_tensor(t, dtype=torch.float32, device=x_t.device).expand(x_t.shape[0])
+        return self._net(x_t, t, cond)
+
     def x0(self, x_t, t, cond=None) -> torch.Tensor:
         return self.predict(x_t, t, cond)[0]
 
