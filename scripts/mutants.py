@@ -38,6 +38,7 @@ class Mutant:
 
 M = Mutant
 C = "methods/consistency.py"
+DM, SD, MA, TR = "methods/dmd2.py", "methods/sid.py", "bench/matching.py", "bench/train.py"
 MUTANTS = [
     # BOOT (methods/boot.py)
     M("methods/boot.py", "one_minus_r.flatten().cpu() ** -2", "one_minus_r.flatten().cpu() ** -1", "BOOT weight 1/(1-r) not 1/(1-r)^2"),
@@ -79,6 +80,25 @@ MUTANTS = [
     M("methods/progressive.py", "target = self.teacher.x0(x_t, t)", "target = self.teacher.eps(x_t, t)", "PD fit to eps, not x0"),
     M("methods/progressive.py", "net=net.requires_grad_(False).eval(), clip_x0", "net=net.requires_grad_(False), clip_x0", "PD round teachers left in train mode"),
     M("methods/progressive.py", "if self.teacher.prediction_type == \"epsilon\" else", "if self.teacher.prediction_type == \"sample\" else", "PD x_and_epsilon for the wrong teachers"),
+    # distribution matching (bench/matching.py, methods/dmd2.py, methods/sid.py)
+    M(DM, "(f_fake - f_real) / weight)", "(f_real - f_fake) / weight)", "DMD2 gradient sign flipped"),
+    M(DM, "(f_fake - f_real) / weight)", "(f_fake - f_real))", "DMD2 without eq. 8's normalisation"),
+    M(DM, "weight = (x.float() - f_real).abs()", "weight = (x.float() - f_fake).abs()", "DMD2 normalised by the fake score"),
+    M(DM, "return 0.5 * per_sample_mean(", "return per_sample_mean(", "DMD2 loss without its 1/2"),
+    M(DM, "lo, hi = int(self.config.t_lo * T), min(int(self.config.t_hi * T), T - 1)", "lo, hi = int(self.config.t_lo * T), T - 1", "DMD2 t up to T-1, not 0.98 T"),
+    M(SD, "- self.config.alpha * diff", "- diff", "SiD without alpha"),
+    M(SD, "diff = f_real - f_fake", "diff = f_fake - f_real", "SiD score difference flipped"),
+    M(SD, "((f_real - x) - self", "((f_fake - x) - self", "SiD second factor from the fake score"),
+    M(SD, "weight = (x - f_real).abs()", "weight = (x - f_fake).abs()", "SiD normalised by the fake score"),
+    M(SD, "karras_sigma(1 - u)", "karras_sigma(u)", "SiD noise levels from the wrong end of EDM's grid"),
+    M(SD, "generator=gen, dtype=torch.float64) * self.config.t_max", "generator=gen, dtype=torch.float64)", "SiD t_max ignored"),
+    M(MA, "x_in = self.in_scale * z", "x_in = z", "generator input not scaled to sigma_init"),
+    M(MA, "return cls(net, t_init, s, 1 / a, -s / a)", "return cls(net, t_init, s, a, -s)", "generator reads an eps head as v at any alpha"),
+    M(MA, "return a * eps - s * x0  # v", "return a * eps + s * x0  # v", "fake-score v target sign"),
+    M(MA, "lam = -2 * torch.log(", "lam = -torch.log(", "sigma_VE to t without the square"),
+    M(MA, "if step < self.warmup:", "if step < 0:", "fake-score warm-up ignored"),
+    M(MA, "cfg.fake_lr or cfg.lr", "cfg.lr", "fake_lr ignored"),
+    M(TR, "            for _ in range(part.updates):", "            for _ in range(1):", "loop ignores a part's updates per step"),
     # consistency distillation (methods/consistency.py)
     M(C, "c_skip = sigma_data ** 2 / (u ** 2 + sigma_data ** 2)", "c_skip = sigma_data / (u ** 2 + sigma_data ** 2)", "CD c_skip with sigma_data not squared"),
     M(C, "c_skip = sigma_data ** 2 / (u ** 2 + sigma_data ** 2)", "c_skip = sigma_data ** 2 / (u + sigma_data ** 2)", "CD c_skip with u not squared"),

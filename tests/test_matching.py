@@ -16,6 +16,7 @@ from bench.train import Diverged
 from methods.dmd2 import DMD2, DMD2Config
 from methods.sid import SiD, SiDConfig
 
+pytestmark = pytest.mark.fast
 CPU = torch.device("cpu")
 D = 6
 MU_REAL, S_REAL = torch.linspace(-0.5, 0.5, D, dtype=torch.float64), torch.full((D,), 0.3, dtype=torch.float64)
@@ -180,16 +181,30 @@ def test_fake_score_loss_is_the_teachers_own_denoising_loss(kind):
 def test_fake_updates_per_generator_step_and_the_fake_loss_is_logged(tmp_path):
     logs = []
     m = _method(DMD2, load_teacher("gmm2d"), iterations=3, fake_updates=5, fake_warmup=0, batch_size=8,
-                checkpoint_every=0, eval_every=0, log_every=1, mlp_width=16)
+                checkpoint_every=0, eval_every=0, log_every=1, mlp_width=16, fake_lr=3e-3)
     from bench.train import Trainer
 
     trainer = Trainer(m.training_stage(), _ctx(tmp_path, logs))
     trainer.fit()
     fake_opt = trainer.parts["fake"][1]
+    assert fake_opt.param_groups[0]["initial_lr"] == 3e-3 and trainer.opt.param_groups[0]["initial_lr"] == 1e-4
     assert [int(s["step"]) for s in fake_opt.state.values()][:1] == [15]
     assert [int(s["step"]) for s in trainer.opt.state.values()][:1] == [3]
     assert all("train/loss_fake" in metrics for _, metrics in logs)
     assert [metrics["train/teacher_forwards"] for _, metrics in logs] == [8.0, 16.0, 24.0]
+
+
+def test_the_generator_waits_while_the_fake_score_warms_up(tmp_path):
+    """fake_warmup = 2: G's weights (and the teacher forwards) stay put for 2 steps, then move."""
+    m = _method(SiD, load_teacher("gmm2d"), iterations=2, fake_warmup=2, batch_size=8, checkpoint_every=0,
+                eval_every=0, mlp_width=16, ema_decay=0.0)
+    start = [p.detach().clone() for p in m.G.parameters()]
+    assert m.distill(_ctx(tmp_path))["teacher_forwards"] == 0.0
+    assert all(torch.equal(a, b) for a, b in zip(start, m.G.parameters()))
+    m = _method(SiD, load_teacher("gmm2d"), iterations=3, fake_warmup=2, batch_size=8, checkpoint_every=0,
+                eval_every=0, mlp_width=16, ema_decay=0.0)
+    assert m.distill(_ctx(tmp_path))["teacher_forwards"] == 8.0
+    assert not all(torch.equal(a, b) for a, b in zip(start, m.G.parameters()))
 
 
 def test_a_diverging_fake_score_stops_training_by_name(tmp_path):
