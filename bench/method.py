@@ -82,7 +82,7 @@ class TrainStage:
 @dataclasses.dataclass(frozen=True)
 class Distilled:
     """One sampler of a trained student, self-contained: the network it calls and the rule
-    around it, a JSON mapping that ``bench.portable.apply_rule`` runs (``one_step``, ``ddim``).
+    around it, a JSON mapping that ``bench.portable.apply_rule`` runs (``one_step``, ``ddim``, ``consistency``).
     What ships in the run's MLflow model and ``bench export``, so it must reproduce
     ``Method.sampler(nfe)`` exactly, without the method's code."""
 

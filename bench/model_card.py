@@ -11,13 +11,21 @@ def describe_rule(rule: dict) -> str:
         return (f"One network evaluation: `x = {rule['c_skip']!r} * eps + {rule['c_out']!r} * "
                 f"unet(eps, t={rule['t']!r}).sample`, with `eps ~ N(0, I)` of the sample's shape.")
     lo, hi = rule["data_range"]
+    head = (" (first half of the channels x~, second half eps~, merged as x0 = sigma^2 x~ + alpha (x - sigma eps~),"
+            " Salimans & Ho sec. 4)" if rule["prediction_type"] == "x_and_epsilon" else "")
+    if rule["kind"] == "consistency":
+        return (f"Multistep consistency sampling, {len(rule['times'])} network evaluations at timesteps "
+                f"{rule['times']}: at each, `x_t = eps ~ N(0, I)` at the first, else `alpha_t x + sigma_t z` with "
+                f"fresh noise z (`portable.fresh_noise`: hashed from the sample's eps, so it depends on its seed "
+                f"only); then `x = c_skip(t) x_t + c_out(t) F` with F the UNet's output read as x0 through "
+                f"`{rule['prediction_type']}`{head}, c_skip = sd^2 / (u^2 + sd^2), c_out = u / sqrt(u^2 + sd^2), "
+                f"sd = {rule['sigma_data']!r}, u = {rule['timestep_scaling']!r} (t + 1)"
+                + (f"; x clipped to [{lo}, {hi}] after each step" if rule["clip"] else "") + ".")
     clip = f"x0 clipped to [{lo}, {hi}] (eps re-derived from the clipped x0)" if rule["clip_x0"] else "x0 not clipped"
     return (f"Deterministic DDIM (eta = 0), {len(rule['timesteps'])} network evaluations at timesteps "
             f"{rule['timesteps']} (then to alpha_bar = 1), starting from `x = eps ~ N(0, I)`; the UNet's "
-            f"output read as `{rule['prediction_type']}`"
-            + (" (first half of the channels x~, second half eps~, merged as x0 = sigma^2 x~ + alpha (x - sigma eps~),"
-               " Salimans & Ho sec. 4)" if rule["prediction_type"] == "x_and_epsilon" else "")
-            + f"; {clip}; alpha_bar per timestep from `alphas_cumprod` in sampling.json.")
+            f"output read as `{rule['prediction_type']}`{head}; {clip}; alpha_bar per timestep from `alphas_cumprod` "
+            f"in sampling.json.")
 
 
 def _code(spec: dict, nfe: int) -> str:
@@ -32,7 +40,7 @@ def _code(spec: dict, nfe: int) -> str:
                   f"    x = {rule['c_skip']!r} * eps + {rule['c_out']!r} * unet(eps, torch.full((len(eps),), "
                   f"{rule['t']!r})).sample"]
     else:
-        lines += ["", "# the DDIM rule above, exactly as the run evaluated it (portable.py is its reference):",
+        lines += ["", f"# the {rule['kind']} rule above, exactly as the run evaluated it (portable.py: its reference)",
                   "from portable import StudentSampler", 'x = StudentSampler("path/to/this/folder").sample(list(seeds))']
     lo, hi = spec["data_range"]
     lines.append(f"# x: images in [{lo}, {hi}], shape (16, {', '.join(map(str, shape))})")

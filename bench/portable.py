@@ -16,12 +16,18 @@ and each network folder a diffusers ``UNet2DModel`` (``from_pretrained``) or a `
   (BOOT's g_theta(eps, -1); DMD2's and SiD's G_theta(z) = F(sigma_init z, t_init));
 - ``ddim``: deterministic DDIM (eta = 0) over ``timesteps`` from x = eps, the network's output
   read as ``prediction_type`` with alpha_bar from ``alphas_cumprod`` (1 after the last step),
-  x0 clipped to the data range if ``clip_x0`` (eps re-derived from the clipped x0).
+  x0 clipped to the data range if ``clip_x0`` (eps re-derived from the clipped x0);
+- ``consistency``: multistep consistency sampling (methods/consistency.py): for each tau of
+  ``times``, x_tau = eps at the first, else alpha_tau x + sigma_tau z_j with z_j =
+  ``fresh_noise(eps, j)``; then x = c_skip(tau) x_tau + c_out(tau) F, F the network's output read
+  as x0 through ``prediction_type`` (as ``ddim``, clipped only if ``clip_x0``), c_skip/c_out from
+  ``sigma_data`` and ``timestep_scaling`` (``scalings``); x clamped to ``data_range`` if ``clip``.
 Noise: sample i with seed s_i is ``torch.randn(sample_shape, generator=Generator().manual_seed(s_i))``,
 so images depend on their own seed only, never on the batch.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 from pathlib import Path
@@ -30,7 +36,8 @@ from typing import Optional, Sequence
 import torch
 from torch import nn
 
-RULES = ("one_step", "ddim")
+RULES = ("one_step", "ddim", "consistency")
+T_MIN = -1  # the data end of the time axis (alpha = 1, sigma = 0): a consistency function's t_min
 
 
 class TimeMLP(nn.Module):
@@ -84,14 +91,16 @@ def call(net: nn.Module, x: torch.Tensor, t: torch.Tensor, cond=None) -> torch.T
     return net(x, t, cond)
 
 
-def _ab(rule: dict, t: int) -> float:
-    return 1.0 if t < 0 else float(rule["alphas_cumprod"][t])
+def _alpha_sigma(rule: dict, t: int, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """(alpha_t, sigma_t) from ``alphas_cumprod`` (alpha_bar = 1 at t < 0), float64 cast to ``dtype``."""
+    ab = 1.0 if t < 0 else float(rule["alphas_cumprod"][t])
+    return (torch.tensor(math.sqrt(ab), dtype=torch.float64).to(dtype),
+            torch.tensor(math.sqrt(max(1 - ab, 0.0)), dtype=torch.float64).to(dtype))
 
 
 def _x0_eps(rule: dict, out: torch.Tensor, x: torch.Tensor, t: int):
     """(x0, eps) from the raw output, as the harness's Teacher.predict computes them."""
-    a = torch.tensor(math.sqrt(_ab(rule, t)), dtype=torch.float64).to(x.dtype)
-    s = torch.tensor(math.sqrt(max(1 - _ab(rule, t), 0.0)), dtype=torch.float64).to(x.dtype)
+    a, s = _alpha_sigma(rule, t, x.dtype)
     kind = rule["prediction_type"]
     if kind == "epsilon":
         eps, x0 = out, (x - s * out) / a
@@ -111,6 +120,46 @@ def _x0_eps(rule: dict, out: torch.Tensor, x: torch.Tensor, t: int):
     return x0, eps
 
 
+def fresh_noise(noise: torch.Tensor, j: int) -> torch.Tensor:
+    """z for consistency sampling step j (>= 1): row i from a generator seeded by a hash of noise[i]
+    and j, so a sample depends on its own noise only (not on the batch), and the steps' z differ."""
+    rows = noise.detach().float().cpu().contiguous().view(len(noise), -1).numpy()
+    out = torch.empty((len(noise),) + tuple(noise.shape[1:]))
+    for i, row in enumerate(rows):
+        digest = hashlib.blake2b(row.tobytes() + j.to_bytes(4, "little"), digest_size=8).digest()
+        gen = torch.Generator().manual_seed(int.from_bytes(digest, "little") % 2 ** 63)
+        out[i] = torch.randn(noise.shape[1:], generator=gen)
+    return out.to(noise.device, noise.dtype)
+
+
+def scalings(t: torch.Tensor, sigma_data: float, scaling: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(c_skip(t), c_out(t)) of a consistency function in float64, u = scaling (t - t_min):
+    c_skip = sigma_data^2 / (u^2 + sigma_data^2), c_out = u / sqrt(u^2 + sigma_data^2), so
+    c_skip(t_min) = 1 and c_out(t_min) = 0 exactly."""
+    u = scaling * (torch.as_tensor(t, dtype=torch.float64) - T_MIN)
+    c_skip = sigma_data ** 2 / (u ** 2 + sigma_data ** 2)
+    c_out = u / (u ** 2 + sigma_data ** 2).sqrt()
+    return c_skip, c_out
+
+
+def _consistency(rule: dict, net: nn.Module, eps: torch.Tensor, cond=None) -> torch.Tensor:
+    x = None
+    for j, tau in enumerate(rule["times"]):
+        t = torch.full((len(eps),), float(tau), device=eps.device)
+        if x is None:
+            x_tau = eps
+        else:
+            a, s = _alpha_sigma(rule, tau, x.dtype)
+            x_tau = a * x + s * fresh_noise(eps, j)
+        F = _x0_eps(rule, call(net, x_tau, t, cond), x_tau, tau)[0]
+        c_skip, c_out = scalings(t.double().cpu(), rule["sigma_data"], rule["timestep_scaling"])
+        view = (-1,) + (1,) * (x_tau.dim() - 1)
+        x = c_skip.to(x_tau.device, F.dtype).view(view) * x_tau + c_out.to(x_tau.device, F.dtype).view(view) * F
+        if rule["clip"]:
+            x = x.clamp(*rule["data_range"])
+    return x
+
+
 @torch.no_grad()
 def apply_rule(rule: dict, net: nn.Module, eps: torch.Tensor, cond=None) -> torch.Tensor:
     """Samples from noise ``eps`` by ``rule`` (see the module docstring)."""
@@ -118,13 +167,14 @@ def apply_rule(rule: dict, net: nn.Module, eps: torch.Tensor, cond=None) -> torc
         t = torch.full((len(eps),), float(rule["t"]), device=eps.device)
         x_in = rule["in_scale"] * eps if "in_scale" in rule else eps
         return rule["c_skip"] * x_in + rule["c_out"] * call(net, x_in, t, cond)
+    if rule["kind"] == "consistency":
+        return _consistency(rule, net, eps, cond)
     if rule["kind"] != "ddim":
         raise ValueError(f"unknown sampling rule {rule['kind']!r}; known: {', '.join(RULES)}")
     x, steps = eps, list(rule["timesteps"]) + [-1]
     for t, s in zip(steps[:-1], steps[1:]):
         x0, e = _x0_eps(rule, call(net, x, torch.full((len(x),), float(t), device=x.device), cond), x, t)
-        a_s = torch.tensor(math.sqrt(_ab(rule, s)), dtype=torch.float64).to(x.dtype)
-        s_s = torch.tensor(math.sqrt(max(1 - _ab(rule, s), 0.0)), dtype=torch.float64).to(x.dtype)
+        a_s, s_s = _alpha_sigma(rule, s, x.dtype)
         x = a_s * x0 + s_s * e
     return x
 

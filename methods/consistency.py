@@ -37,12 +37,13 @@ times are LCM's: every (N // k)-th point of the training grid from t_max (k = 2 
 skip 20: 999, 499; k = 4: 999, 759, 519, 279). z must not break the house rule that a sample
 depends on its own seed only, so z of row i at step j is drawn from a generator seeded by a
 hash of that row's noise and j. Each f is clipped to the data range where the teacher clips x0.
+The run's student ships (``distilled()``) as F's network plus bench.portable's ``consistency``
+rule, which repeats this sampler; ``fresh_noise`` and ``scalings`` live there, used by both.
 """
 from __future__ import annotations
 
 import copy
 import dataclasses
-import hashlib
 import math
 from pathlib import Path
 
@@ -51,7 +52,8 @@ from torch import nn
 
 from bench.config import option
 from bench.errors import BenchError
-from bench.method import DistillContext, Method, TrainStage
+from bench.method import DistillContext, Distilled, Method, TrainStage
+from bench.portable import T_MIN, fresh_noise, scalings  # shipped with the student: one implementation
 from bench.registry import METHODS
 from bench.sampling import Sampler, ddim_step
 from bench.student import TimeMLP, add_x_head
@@ -59,7 +61,6 @@ from bench.synthetic import training_data, with_data_cost
 from bench.teachers.base import Teacher
 from bench.train import TrainConfig, Trainer, frozen_teacher
 
-T_MIN = -1  # the data end of our time axis: alpha = 1, sigma = 0
 NFE = (1, 2, 4)
 
 
@@ -113,14 +114,6 @@ def sampling_times(grid: list[int], nfe: int) -> list[int]:
     """LCM's few-step times: every (N // nfe)-th training time from t_max (t_min excluded)."""
     times = grid[:-1]
     return times[::max(1, len(times) // nfe)][:nfe]
-
-
-def scalings(t: torch.Tensor, sigma_data: float, scaling: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """(c_skip(t), c_out(t)) in float64: c_skip(t_min) = 1 and c_out(t_min) = 0 exactly."""
-    u = scaling * (torch.as_tensor(t, dtype=torch.float64) - T_MIN)
-    c_skip = sigma_data ** 2 / (u ** 2 + sigma_data ** 2)
-    c_out = u / (u ** 2 + sigma_data ** 2).sqrt()
-    return c_skip, c_out
 
 
 class ConsistencyFunction(nn.Module):
@@ -314,6 +307,15 @@ class Consistency(Method):
         self.check_nfe(nfe)
         return self._sampler(self.ema, nfe)
 
+    def distilled(self) -> dict[int, Distilled]:
+        """F_theta's network with bench.portable's ``consistency`` rule, as ``_sampler`` samples."""
+        F, lo_hi = self.ema.student, [float(v) for v in self.teacher.data_range]
+        return {k: Distilled(F.net, {
+            "kind": "consistency", "times": sampling_times(self.grid, k), "prediction_type": F.prediction_type,
+            "clip_x0": bool(F.clip_x0), "alphas_cumprod": F.schedule.alphas_cumprod.tolist(),
+            "sigma_data": float(self.ema.sigma_data), "timestep_scaling": float(self.ema.scaling),
+            "clip": bool(self.teacher.clip_x0), "data_range": lo_hi}) for k in self.default_nfe()}
+
     def save_artifacts(self, out_dir: Path) -> None:
         from bench.artifacts import plot_training
         from bench.files import save_weights
@@ -321,15 +323,3 @@ class Consistency(Method):
         save_weights(self.ema.student.net, out_dir / "student.safetensors")
         if self.history:
             plot_training(self.history, out_dir / "training_curve.png", "consistency distillation")
-
-
-def fresh_noise(noise: torch.Tensor, j: int) -> torch.Tensor:
-    """z for sampling step j (>= 1): row i from a generator seeded by a hash of noise[i] and j, so
-    a sample depends on its own noise only (not on the batch), and the steps' z differ."""
-    rows = noise.detach().float().cpu().contiguous().view(len(noise), -1).numpy()
-    out = torch.empty((len(noise),) + tuple(noise.shape[1:]))
-    for i, row in enumerate(rows):
-        digest = hashlib.blake2b(row.tobytes() + j.to_bytes(4, "little"), digest_size=8).digest()
-        gen = torch.Generator().manual_seed(int.from_bytes(digest, "little") % 2 ** 63)
-        out[i] = torch.randn(noise.shape[1:], generator=gen)
-    return out.to(noise.device, noise.dtype)

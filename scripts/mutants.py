@@ -39,6 +39,7 @@ class Mutant:
 M = Mutant
 C = "methods/consistency.py"
 DM, SD, MA, TR = "methods/dmd2.py", "methods/sid.py", "bench/matching.py", "bench/train.py"
+P = "bench/portable.py"  # what ships inside student models; methods/consistency.py imports from it
 MUTANTS = [
     # BOOT (methods/boot.py)
     M("methods/boot.py", "one_minus_r.flatten().cpu() ** -2", "one_minus_r.flatten().cpu() ** -1", "BOOT weight 1/(1-r) not 1/(1-r)^2"),
@@ -99,13 +100,13 @@ MUTANTS = [
     M(MA, "if step < self.warmup:", "if step < 0:", "fake-score warm-up ignored"),
     M(MA, "cfg.fake_lr or cfg.lr", "cfg.lr", "fake_lr ignored"),
     M(TR, "            for _ in range(part.updates):", "            for _ in range(1):", "loop ignores a part's updates per step"),
-    # consistency distillation (methods/consistency.py)
-    M(C, "c_skip = sigma_data ** 2 / (u ** 2 + sigma_data ** 2)", "c_skip = sigma_data / (u ** 2 + sigma_data ** 2)", "CD c_skip with sigma_data not squared"),
-    M(C, "c_skip = sigma_data ** 2 / (u ** 2 + sigma_data ** 2)", "c_skip = sigma_data ** 2 / (u + sigma_data ** 2)", "CD c_skip with u not squared"),
-    M(C, "c_out = u / (u ** 2 + sigma_data ** 2).sqrt()", "c_out = sigma_data * u / (u ** 2 + sigma_data ** 2).sqrt()", "CD c_out with CD's sigma_data factor (F is x0 here)"),
-    M(C, "c_out = u / (u ** 2 + sigma_data ** 2).sqrt()", "c_out = u / (u ** 2 + sigma_data ** 2)", "CD c_out without the square root"),
-    M(C, "u = scaling * (torch.as_tensor(t, dtype=torch.float64) - T_MIN)", "u = scaling * (torch.as_tensor(t, dtype=torch.float64) - T_MIN - 1)", "CD boundary at step 0 (LCM's), not t_min = -1"),
-    M(C, "u = scaling * (torch.as_tensor(t, dtype=torch.float64) - T_MIN)", "u = (torch.as_tensor(t, dtype=torch.float64) - T_MIN)", "CD timestep scaling dropped"),
+    # consistency distillation (methods/consistency.py; P: bench/portable.py, shared with the shipped student)
+    M(P, "c_skip = sigma_data ** 2 / (u ** 2 + sigma_data ** 2)", "c_skip = sigma_data / (u ** 2 + sigma_data ** 2)", "CD c_skip with sigma_data not squared"),
+    M(P, "c_skip = sigma_data ** 2 / (u ** 2 + sigma_data ** 2)", "c_skip = sigma_data ** 2 / (u + sigma_data ** 2)", "CD c_skip with u not squared"),
+    M(P, "c_out = u / (u ** 2 + sigma_data ** 2).sqrt()", "c_out = sigma_data * u / (u ** 2 + sigma_data ** 2).sqrt()", "CD c_out with CD's sigma_data factor (F is x0 here)"),
+    M(P, "c_out = u / (u ** 2 + sigma_data ** 2).sqrt()", "c_out = u / (u ** 2 + sigma_data ** 2)", "CD c_out without the square root"),
+    M(P, "u = scaling * (torch.as_tensor(t, dtype=torch.float64) - T_MIN)", "u = scaling * (torch.as_tensor(t, dtype=torch.float64) - T_MIN - 1)", "CD boundary at step 0 (LCM's), not t_min = -1"),
+    M(P, "u = scaling * (torch.as_tensor(t, dtype=torch.float64) - T_MIN)", "u = (torch.as_tensor(t, dtype=torch.float64) - T_MIN)", "CD timestep scaling dropped"),
     M(C, "return c_skip * x_t + c_out * F", "return c_out * x_t + c_skip * F", "CD c_skip and c_out swapped"),
     M(C, "return list(range(T - 1, -1, -skip)) + [T_MIN]", "return list(range(T - 1, -1, -skip - 1)) + [T_MIN]", "CD grid step skip + 1"),
     M(C, "return list(range(T - 1, -1, -skip)) + [T_MIN]", "return list(range(T - 1, 0, -skip)) + [T_MIN]", "CD grid drops step 0"),
@@ -127,8 +128,14 @@ MUTANTS = [
     M(C, "return times[::max(1, len(times) // nfe)][:nfe]", "return times[::max(1, len(times) // (nfe + 1))][:nfe]", "CD sampling times not LCM's"),
     M(C, "x_tau = a * x + s * fresh_noise(noise, j)", "x_tau = a * x + s * noise", "CD re-noises with the initial noise"),
     M(C, "x_tau = a * x + s * fresh_noise(noise, j)", "x_tau = x + s * fresh_noise(noise, j)", "CD re-noise without alpha"),
-    M(C, "row.tobytes() + j.to_bytes(4, \"little\")", "row.tobytes()", "CD fresh noise the same at every step"),
+    M(P, "row.tobytes() + j.to_bytes(4, \"little\")", "row.tobytes()", "CD fresh noise the same at every step"),
     M(C, "                if clip:\n", "                if False:\n", "CD samples not clipped"),
+    M(P, "x_tau = a * x + s * fresh_noise(eps, j)", "x_tau = a * x + s * eps", "CD shipped rule re-noises with the initial noise"),
+    M(P, "F = _x0_eps(rule, call(net, x_tau, t, cond), x_tau, tau)[0]", "F = call(net, x_tau, t, cond)", "CD shipped rule reads the raw output as x0"),
+    M(P, "x = c_skip.to(x_tau.device, F.dtype).view(view) * x_tau + c_out.to(x_tau.device, F.dtype).view(view) * F",
+      "x = c_out.to(x_tau.device, F.dtype).view(view) * x_tau + c_skip.to(x_tau.device, F.dtype).view(view) * F",
+      "CD shipped rule with c_skip and c_out swapped"),
+    M(P, "        if rule[\"clip\"]:\n", "        if False:\n", "CD shipped rule not clipped"),
     M(C, "x_s[idx] = a_s * (x_t[idx] / a_t + (s_s / a_s - s_t / a_t) * (e1 + e2) / 2)", "x_s[idx] = a_s * (x_t[idx] / a_t + (s_s / a_s - s_t / a_t) * (e1 + e2))", "CD Heun without the 1/2"),
     M(C, "e2 = teacher.eps(x_s[idx], s[idx],", "e2 = teacher.eps(x_t[idx], t[idx],", "CD Heun's second slope at the start"),
     M(C, "idx = (s > T_MIN).nonzero().flatten()", "idx = (s >= T_MIN).nonzero().flatten()", "CD Heun corrects the step to sigma = 0"),

@@ -278,6 +278,40 @@ def test_multistep_sampler_renoises_at_lcm_times():
 
 
 @pytest.mark.fast
+@pytest.mark.parametrize("overrides", [{}, {"timestep_scaling": 0.002, "sigma_data": 0.7}])
+def test_shipped_student_is_the_sampler(overrides, tmp_path):
+    """distilled() as it ships (saved networks, sampling.json, bench.portable's consistency rule,
+    images from seeds) gives the method's samples at NFE 1, 2, 4 after 2 training steps. At LCM's
+    scaling 10, c_skip < 1e-7 at the sampling times: a wrong scaling would hide under the
+    tolerance, so a second config (u = 0.002 (t + 1)) makes c_skip, c_out and sigma_data count."""
+    import bench.portable as portable
+    import methods.consistency as cm
+    from bench.student_model import write_student
+
+    assert cm.fresh_noise is portable.fresh_noise and cm.scalings is portable.scalings  # one implementation
+    teacher = load_teacher("digits")
+    m = _method(teacher, iterations=2, batch_size=8, eval_every=0, checkpoint_every=0, **overrides)
+    m.distill(DistillContext(log=lambda d, s: None, device=CPU, workdir=tmp_path / "run", progress=False))
+    shipped = m.distilled()
+    assert sorted(shipped) == [1, 2, 4]
+    folder = write_student(shipped, teacher, tmp_path / "student")
+    student, seeds = portable.StudentSampler(folder), list(range(6))
+    noise = portable.seed_noise(seeds, teacher.sample_shape)
+    for k in (1, 2, 4):
+        with torch.no_grad():
+            want = m.sampler(k)(noise)
+        got = student.sample(seeds, nfe=k)
+        torch.testing.assert_close(got, want, rtol=0, atol=1e-6)
+        if not overrides:
+            continue
+        # mutants of the rule: another scaling or sigma_data, times one grid step (skip = 20) lower, no clip
+        rule, net = shipped[k].rule, portable.load_network(folder / "nets" / f"nfe_{k}")
+        for change in ({"timestep_scaling": 2 * rule["timestep_scaling"]}, {"sigma_data": rule["sigma_data"] / 2},
+                       {"times": [t - 20 for t in rule["times"]]}, {"clip": False}):
+            assert (portable.apply_rule({**rule, **change}, net, noise) - got).abs().max() > 1e-3, (k, change)
+
+
+@pytest.mark.fast
 def test_config_validation():
     with pytest.raises(ValueError, match="solver must be one of ddim, heun"):
         ConsistencyConfig(solver="euler")

@@ -172,6 +172,31 @@ def test_progressive_students_with_two_heads_export_and_sample_exactly(tmp_path,
     assert "x_and_epsilon" in (tmp_path / "e" / "README.md").read_text()
 
 
+def test_consistency_students_sample_and_export_exactly(tmp_path, tracking_uri):
+    """digits: the run's student samples with NFE 1, 2, 4 by bench.portable's consistency rule
+    (re-noised with the seed-hashed fresh noise) exactly as the run did, and the exported
+    folder's model card states that rule."""
+    from mlflow.tracking import MlflowClient
+
+    from bench.portable import StudentSampler
+    from bench.evaluator import sample_seed
+
+    assert main(["run", "--method", "consistency", "--set", "iterations=2", "--set", "eval_every=0",
+                 "--nfe", "1,2,4", "--no-system-metrics", "--tracking-uri", tracking_uri, *TINY]) == 0
+    client = MlflowClient(tracking_uri)
+    (run,) = client.search_runs([client.get_experiment_by_name("use").experiment_id])
+    folder = client.download_artifacts(run.info.run_id, "student/artifacts/student", str(tmp_path / "s"))
+    student = StudentSampler(folder, "cpu")
+    assert student.nfes == [1, 2, 4]
+    for nfe in (1, 2, 4):
+        x = student.sample([sample_seed(0, i) for i in range(16)], nfe=nfe)
+        np.testing.assert_allclose(x.numpy(), _samples(client, run.info.run_id, nfe, tmp_path)[:16], atol=1e-5)
+    assert main(["export", "--run", run.info.run_id, "--nfe", "4", "--out", str(tmp_path / "e"),
+                 "--tracking-uri", tracking_uri]) == 0
+    card = (tmp_path / "e" / "README.md").read_text()
+    assert "Multistep consistency sampling" in card and "[999, 759, 519, 279]" in card and "clipped to [-1" in card
+
+
 def test_sweep_trials_are_named_by_sweep_and_index():
     from sweeps.trial import trial_run_name
 
