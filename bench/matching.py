@@ -165,6 +165,13 @@ class DistributionMatching(Method):
         one teacher forward per row."""
         raise NotImplementedError
 
+    def scores(self, x: torch.Tensor, t: torch.Tensor, eps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(f_phi, f_psi): the teacher's and the fake score's x0-predictions (float32) at
+        x_t = alpha_t x + sigma_t eps; one teacher forward per row."""
+        a, s = self.teacher.coefficients(t, x)
+        x_t = a * x + s * eps
+        return self.real.predict(x_t, t)[0].float(), self.fake.predict(x_t, t)[0].float()
+
     def generator_loss(self, x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
         t = self.times(len(x), gen)
         return self.loss_at(x, t, torch.randn(x.shape, generator=gen).to(x.device))

@@ -60,10 +60,7 @@ class DMD2(DistributionMatching):
     def matching_gradient(self, x: torch.Tensor, t: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
         """(f_psi - f_phi) / mean|x - f_phi| at x_t = alpha x + sigma eps, without gradients."""
         with torch.no_grad():
-            a, s = self.teacher.coefficients(t, x)
-            x_t = a * x + s * eps
-            f_real = self.real.predict(x_t, t)[0].float()
-            f_fake = self.fake.predict(x_t, t)[0].float()
+            f_real, f_fake = self.scores(x, t, eps)
             weight = (x.float() - f_real).abs().flatten(1).mean(1).view((-1,) + (1,) * (x.dim() - 1))
             return torch.nan_to_num((f_fake - f_real) / weight)
 

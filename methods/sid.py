@@ -62,10 +62,7 @@ class SiD(DistributionMatching):
         return t_of_sigma_ve(self.teacher, karras_sigma(1 - u)).to(self.device)
 
     def loss_at(self, x: torch.Tensor, t: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
-        a, s = self.teacher.coefficients(t, x)
-        x_t = a * x + s * eps
-        f_real = self.real.predict(x_t, t)[0].float()
-        f_fake = self.fake.predict(x_t, t)[0].float()
+        f_real, f_fake = self.scores(x, t, eps)  # gradients flow through both into x
         x = x.float()
         with torch.no_grad():
             weight = (x - f_real).abs().flatten(1).mean(1).clamp(min=1e-5)
