@@ -50,7 +50,7 @@ def make_method(run_cfg: RunConfig, method_cls, method_cfg, teacher, device):
     try:
         method = method_cls(teacher, method_cfg, device)
     except ValueError as exc:
-        raise BenchError(f"{run_cfg.method} config does not fit teacher {run_cfg.teacher}: {first_line(exc)}") from None
+        raise BenchError(f"{run_cfg.method} config does not fit teacher {run_cfg.teacher!r}: {first_line(exc)}") from None
     run_cfg = dataclasses.replace(run_cfg, nfe=run_cfg.nfe or method.default_nfe())
     for k in run_cfg.nfe:
         method.check_nfe(k)

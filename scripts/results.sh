@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # The README's result tables, regenerated: DDIM, the training-free solvers, BOOT, progressive and
-# consistency distillation on the embedded digits teacher with their default configs, one MLflow experiment,
+# consistency distillation, DMD2 and SiD on the embedded digits teacher with their default configs, one MLflow experiment,
 # then `bench report` writes the tables and plots into docs/results/ (nothing is copied by hand).
-# About 80 min on a quiet 2-core CPU (BOOT 3,000 steps ~9 min, each PD run 5-8 min, each CD run
-# ~10-15 min, solvers ~2 min each); scripts/gpu_results.sh runs it on a GPU machine.
+# About 100 min on a quiet 2-core CPU (BOOT 3,000 steps ~9 min, each PD run 5-8 min, each CD run
+# ~10-15 min, DMD2 and SiD ~10 min each, solvers ~2 min each); scripts/gpu_results.sh runs it on a GPU machine.
 #
 #   bash scripts/results.sh                       # from the repo root
 #   STORE=sqlite:////tmp/r.db N=1000 bash scripts/results.sh
@@ -35,6 +35,8 @@ if [ "${REPORT_ONLY:-0}" != 1 ]; then
   $BENCH run --method progressive --set data=synthetic "${common[@]}"
   $BENCH run --method consistency --set data=real "${common[@]}"
   $BENCH run --method consistency --set data=synthetic "${common[@]}"
+  $BENCH run --method dmd2 "${common[@]}"  # data-free, like BOOT
+  $BENCH run --method sid "${common[@]}"
 fi
 rm -rf "$OUT"
 $BENCH report --experiment "$EXPERIMENT" --tracking-uri "$STORE" --out "$OUT" --format md,csv \
