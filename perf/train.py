@@ -35,16 +35,21 @@ def training_stage(method: str, teacher, device: torch.device, overrides: dict) 
 
 
 def step_flops(stage: TrainStage, device: torch.device, bf16: bool) -> float:
-    """FLOPs of one eager training step (forward and backward), counted by FlopCounterMode."""
+    """FLOPs of one eager training step (forward and backward), counted by FlopCounterMode: the
+    model's update and each part's (a fake score's) updates, as the loop runs them."""
     from torch.utils.flop_counter import FlopCounterMode
 
     gen = torch.Generator().manual_seed(1)
-    with FlopCounterMode(display=False) as counter:
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-            losses, _ = stage.loss(0, gen)
-        losses.float().mean().backward()
-    stage.model.zero_grad(set_to_none=True)
-    return float(counter.get_total_flops())
+    updates = [(p.model, p.loss, p.updates) for p in stage.parts] + [(stage.model, stage.loss, 1)]
+    total = 0.0
+    for model, loss_fn, n in updates:
+        with FlopCounterMode(display=False) as counter:
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+                losses, _ = loss_fn(0, gen)
+            losses.float().mean().backward()
+        model.zero_grad(set_to_none=True)
+        total += n * float(counter.get_total_flops())
+    return total
 
 
 class _SwitchLog:

@@ -155,3 +155,20 @@ def test_a_sampler_that_fails_to_compile_keeps_the_eager_figures(monkeypatch, ca
                                   repeats=1, compiled=True, bf16=False)
     assert "images_per_second_boot_1step" in out and "images_per_second_boot_1step_compiled" not in out
     assert "failed to compile" in capsys.readouterr().err
+
+
+def test_step_flops_count_every_update_of_a_stages_parts():
+    """DMD2's step is fake_updates fake-score updates plus one generator update: FLOPs grow by
+    the same amount per extra fake update (the MFU of a two-network method is not understated)."""
+    from bench import config as cfgs
+    from bench.teachers import load_teacher
+    from methods.dmd2 import DMD2
+    from perf.train import step_flops
+
+    def flops(k):
+        m = DMD2(load_teacher("gmm2d"), cfgs.replace(DMD2.Config(), {"fake_updates": k, "fake_warmup": 0,
+                                                                     "batch_size": 8, "mlp_width": 16}), "cpu")
+        return step_flops(m.training_stage(), torch.device("cpu"), bf16=False)
+
+    f1, f3, f5 = flops(1), flops(3), flops(5)
+    assert f3 - f1 == f5 - f3 > 0 and f1 > (f3 - f1) / 2
