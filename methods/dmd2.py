@@ -46,7 +46,8 @@ class DMD2Config(MatchingConfig):
             raise ValueError("0 <= t_lo <= t_hi <= 1 is required")
 
 
-@METHODS.register("dmd2", "DMD2: data-free distribution matching, one step (Yin et al. 2024; no GAN term)")
+@METHODS.register("dmd2", "DMD2: data-free distribution matching, one step (Yin et al. 2024); its GAN term needs real "
+                           "images and is not implemented")
 class DMD2(DistributionMatching):
     Config = DMD2Config
     title = "DMD2"
