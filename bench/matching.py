@@ -15,6 +15,7 @@ x_t = alpha_t * 0 + sigma_t z at that t: G_theta(z) = F_theta(sigma_t z, t_init)
 """
 from __future__ import annotations
 
+import abc
 import copy
 import dataclasses
 from pathlib import Path
@@ -28,7 +29,7 @@ from bench.method import DistillContext, Distilled, Method, Part, TrainStage
 from bench.portable import TimeMLP
 from bench.sampling import Sampler
 from bench.teachers.base import Teacher
-from bench.train import TrainConfig, Trainer, frozen_teacher
+from bench.train import TrainConfig, frozen_teacher, train
 
 EPS_AS_V_BELOW = 0.1  # an eps-net's x0 = (x - sigma e) / alpha multiplies its error by 1/alpha
 
@@ -156,14 +157,14 @@ class DistributionMatching(Method):
     def noise(self, n: int, gen: torch.Generator) -> torch.Tensor:
         return torch.randn((n,) + self.teacher.sample_shape, generator=gen).to(self.device)
 
+    @abc.abstractmethod
     def times(self, n: int, gen: torch.Generator) -> torch.Tensor:
         """The steps t at which the generator loss compares the two scores."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def loss_at(self, x: torch.Tensor, t: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
         """Per-sample generator loss of generated x (gradients to G) at x_t = alpha_t x + sigma_t eps;
         one teacher forward per row."""
-        raise NotImplementedError
 
     def scores(self, x: torch.Tensor, t: torch.Tensor, eps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(f_phi, f_psi): the teacher's and the fake score's x0-predictions (float32) at
@@ -195,11 +196,8 @@ class DistributionMatching(Method):
                           quick_sampler=self._one_step, parts=(fake,))
 
     def distill(self, ctx: DistillContext) -> dict[str, float]:
-        trainer = Trainer(self.training_stage(), ctx)
-        cost = trainer.fit()
-        self.ema = trainer.ema.eval()
-        self.history = trainer.history
-        return cost.as_cost()
+        self.ema, self.history, cost = train(self.training_stage(), ctx)
+        return cost
 
     def max_nfe(self) -> int:
         return 1

@@ -5,27 +5,48 @@ from __future__ import annotations
 import json
 
 
-def describe_rule(rule: dict) -> str:
-    """The sampling rule in one paragraph; ``sampling.json`` holds it exactly."""
-    if rule["kind"] == "one_step":
-        return (f"One network evaluation: `x = {rule['c_skip']!r} * eps + {rule['c_out']!r} * "
-                f"unet(eps, t={rule['t']!r}).sample`, with `eps ~ N(0, I)` of the sample's shape.")
-    lo, hi = rule["data_range"]
-    head = (" (first half of the channels x~, second half eps~, merged as x0 = sigma^2 x~ + alpha (x - sigma eps~),"
+def _head(rule: dict) -> str:
+    return (" (first half of the channels x~, second half eps~, merged as x0 = sigma^2 x~ + alpha (x - sigma eps~),"
             " Salimans & Ho sec. 4)" if rule["prediction_type"] == "x_and_epsilon" else "")
-    if rule["kind"] == "consistency":
-        return (f"Multistep consistency sampling, {len(rule['times'])} network evaluations at timesteps "
-                f"{rule['times']}: at each, `x_t = eps ~ N(0, I)` at the first, else `alpha_t x + sigma_t z` with "
-                f"fresh noise z (`portable.fresh_noise`: hashed from the sample's eps, so it depends on its seed "
-                f"only); then `x = c_skip(t) x_t + c_out(t) F` with F the UNet's output read as x0 through "
-                f"`{rule['prediction_type']}`{head}, c_skip = sd^2 / (u^2 + sd^2), c_out = u / sqrt(u^2 + sd^2), "
-                f"sd = {rule['sigma_data']!r}, u = {rule['timestep_scaling']!r} (t + 1)"
-                + (f"; x clipped to [{lo}, {hi}] after each step" if rule["clip"] else "") + ".")
+
+
+def _one_step_x_in(rule: dict) -> str:
+    return f"{rule['in_scale']!r} * eps" if "in_scale" in rule else "eps"
+
+
+def _describe_one_step(rule: dict) -> str:
+    x_in = _one_step_x_in(rule)
+    return (f"One network evaluation: `x = {rule['c_skip']!r} * x_in + {rule['c_out']!r} * "
+            f"unet(x_in, t={rule['t']!r}).sample` with `x_in = {x_in}`, `eps ~ N(0, I)` of the sample's shape.")
+
+
+def _describe_consistency(rule: dict) -> str:
+    lo, hi = rule["data_range"]
+    return (f"Multistep consistency sampling, {len(rule['times'])} network evaluations at timesteps "
+            f"{rule['times']}: at each, `x_t = eps ~ N(0, I)` at the first, else `alpha_t x + sigma_t z` with "
+            f"fresh noise z (`portable.fresh_noise`: hashed from the sample's eps, so it depends on its seed "
+            f"only); then `x = c_skip(t) x_t + c_out(t) F` with F the UNet's output read as x0 through "
+            f"`{rule['prediction_type']}`{_head(rule)}, c_skip = sd^2 / (u^2 + sd^2), c_out = u / sqrt(u^2 + sd^2), "
+            f"sd = {rule['sigma_data']!r}, u = {rule['timestep_scaling']!r} (t + 1)"
+            + (f"; x clipped to [{lo}, {hi}] after each step" if rule["clip"] else "") + ".")
+
+
+def _describe_ddim(rule: dict) -> str:
+    lo, hi = rule["data_range"]
     clip = f"x0 clipped to [{lo}, {hi}] (eps re-derived from the clipped x0)" if rule["clip_x0"] else "x0 not clipped"
     return (f"Deterministic DDIM (eta = 0), {len(rule['timesteps'])} network evaluations at timesteps "
             f"{rule['timesteps']} (then to alpha_bar = 1), starting from `x = eps ~ N(0, I)`; the UNet's "
-            f"output read as `{rule['prediction_type']}`{head}; {clip}; alpha_bar per timestep from `alphas_cumprod` "
-            f"in sampling.json.")
+            f"output read as `{rule['prediction_type']}`{_head(rule)}; {clip}; alpha_bar per timestep from "
+            f"`alphas_cumprod` in sampling.json.")
+
+
+_DESCRIBE = {"one_step": _describe_one_step, "ddim": _describe_ddim, "consistency": _describe_consistency}
+
+
+def describe_rule(rule: dict) -> str:
+    """The sampling rule in one paragraph, by the rule's kind (bench.portable.RULES); ``sampling.json``
+    holds it exactly."""
+    return _DESCRIBE[rule["kind"]](rule)
 
 
 def _code(spec: dict, nfe: int) -> str:
@@ -36,8 +57,8 @@ def _code(spec: dict, nfe: int) -> str:
              "seeds = range(16)  # image i depends on its seed only",
              f"eps = torch.stack([torch.randn({shape}, generator=torch.Generator().manual_seed(s)) for s in seeds])"]
     if rule["kind"] == "one_step":
-        lines += ["with torch.no_grad():",
-                  f"    x = {rule['c_skip']!r} * eps + {rule['c_out']!r} * unet(eps, torch.full((len(eps),), "
+        lines += ["with torch.no_grad():", f"    x_in = {_one_step_x_in(rule)}",
+                  f"    x = {rule['c_skip']!r} * x_in + {rule['c_out']!r} * unet(x_in, torch.full((len(eps),), "
                   f"{rule['t']!r})).sample"]
     else:
         lines += ["", f"# the {rule['kind']} rule above, exactly as the run evaluated it (portable.py: its reference)",

@@ -36,7 +36,6 @@ from typing import Optional, Sequence
 import torch
 from torch import nn
 
-RULES = ("one_step", "ddim", "consistency")
 T_MIN = -1  # the data end of the time axis (alpha = 1, sigma = 0): a consistency function's t_min
 
 
@@ -160,23 +159,30 @@ def _consistency(rule: dict, net: nn.Module, eps: torch.Tensor, cond=None) -> to
     return x
 
 
-@torch.no_grad()
-def apply_rule(rule: dict, net: nn.Module, eps: torch.Tensor, cond=None) -> torch.Tensor:
-    """Samples from noise ``eps`` by ``rule`` (see the module docstring)."""
-    if rule["kind"] == "one_step":
-        t = torch.full((len(eps),), float(rule["t"]), device=eps.device)
-        x_in = rule["in_scale"] * eps if "in_scale" in rule else eps
-        return rule["c_skip"] * x_in + rule["c_out"] * call(net, x_in, t, cond)
-    if rule["kind"] == "consistency":
-        return _consistency(rule, net, eps, cond)
-    if rule["kind"] != "ddim":
-        raise ValueError(f"unknown sampling rule {rule['kind']!r}; known: {', '.join(RULES)}")
+def _one_step(rule: dict, net: nn.Module, eps: torch.Tensor, cond=None) -> torch.Tensor:
+    t = torch.full((len(eps),), float(rule["t"]), device=eps.device)
+    x_in = rule["in_scale"] * eps if "in_scale" in rule else eps
+    return rule["c_skip"] * x_in + rule["c_out"] * call(net, x_in, t, cond)
+
+
+def _ddim(rule: dict, net: nn.Module, eps: torch.Tensor, cond=None) -> torch.Tensor:
     x, steps = eps, list(rule["timesteps"]) + [-1]
     for t, s in zip(steps[:-1], steps[1:]):
         x0, e = _x0_eps(rule, call(net, x, torch.full((len(x),), float(t), device=x.device), cond), x, t)
         a_s, s_s = _alpha_sigma(rule, s, x.dtype)
         x = a_s * x0 + s_s * e
     return x
+
+
+RULES = {"one_step": _one_step, "ddim": _ddim, "consistency": _consistency}
+
+
+@torch.no_grad()
+def apply_rule(rule: dict, net: nn.Module, eps: torch.Tensor, cond=None) -> torch.Tensor:
+    """Samples from noise ``eps`` by ``rule`` (see the module docstring)."""
+    if rule["kind"] not in RULES:
+        raise ValueError(f"unknown sampling rule {rule['kind']!r}; known: {', '.join(RULES)}")
+    return RULES[rule["kind"]](rule, net, eps, cond)
 
 
 class StudentSampler:

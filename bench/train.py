@@ -270,3 +270,11 @@ class Trainer:
         # run's own at the end of training, so that this run can be resumed on its own
         here = Path(path).resolve().parent == Path(self.ctx.workdir).resolve()
         self._saved_step = self.step if here else -1
+
+
+def train(stage: TrainStage, ctx: DistillContext) -> tuple[nn.Module, list[dict[str, float]], dict[str, float]]:
+    """Run one stage to its end (continuing from ``ctx.resume_from``): (the model's EMA in eval
+    mode, what was logged, the cost metrics)."""
+    trainer = Trainer(stage, ctx)
+    cost = trainer.fit()
+    return trainer.ema.eval(), trainer.history, cost.as_cost()

@@ -24,7 +24,7 @@ from bench.method import DistillContext, Distilled, Method, TrainStage
 from bench.registry import METHODS
 from bench.sampling import Sampler
 from bench.student import Student
-from bench.train import TrainConfig, Trainer, frozen_teacher
+from bench.train import TrainConfig, frozen_teacher, train
 
 BOUNDARIES = ("auto", "definition", "teacher")
 T_DRAWS = ("trunc", "logsnr", "uniform", "discrete")
@@ -187,11 +187,8 @@ class BOOT(Method):
                           quick_sampler=self._one_step)
 
     def distill(self, ctx: DistillContext) -> dict[str, float]:
-        trainer = Trainer(self.training_stage(), ctx)
-        cost = trainer.fit()
-        self.ema = trainer.ema.eval()
-        self.history = trainer.history
-        return cost.as_cost()
+        self.ema, self.history, cost = train(self.training_stage(), ctx)
+        return cost
 
     def max_nfe(self) -> int:
         return 1

@@ -59,7 +59,7 @@ from bench.sampling import Sampler, ddim_step
 from bench.student import TimeMLP, add_x_head
 from bench.synthetic import training_data, with_data_cost
 from bench.teachers.base import Teacher
-from bench.train import TrainConfig, Trainer, frozen_teacher
+from bench.train import TrainConfig, frozen_teacher, train
 
 NFE = (1, 2, 4)
 
@@ -261,10 +261,7 @@ class Consistency(Method):
 
     def distill(self, ctx: DistillContext) -> dict[str, float]:
         x_data, data_cost = self._data(ctx)
-        trainer = Trainer(self._stage(x_data.to(self.device)), ctx)
-        cost = trainer.fit().as_cost()
-        self.ema = trainer.ema.eval()
-        self.history = trainer.history
+        self.ema, self.history, cost = train(self._stage(x_data.to(self.device)), ctx)
         return with_data_cost(cost, data_cost)
 
     def _data(self, ctx: DistillContext) -> tuple[torch.Tensor, dict[str, float]]:

@@ -225,3 +225,6 @@ def test_one_step_rule_reads_the_generators_input_scale():
         torch.testing.assert_close(apply_rule(m.G.rule(), m.G.net, z), m.G(z), rtol=0, atol=1e-6)
         assert not torch.allclose(apply_rule({**m.G.rule(), "in_scale": 1.0}, m.G.net, z), m.G(z))
     assert isinstance(m.G, Generator)
+    from bench.model_card import describe_rule
+
+    assert f"x_in = {m.G.in_scale!r} * eps" in describe_rule(m.G.rule())  # the card states the input scale
