@@ -14,7 +14,7 @@ from typing import Mapping, Optional
 import torch
 
 from bench.errors import BenchError, first_line
-from bench.files import no_space_guard
+from bench.files import no_space_guard, temp_beside
 
 WORKDIR_TAG = "bench.workdir"
 PATTERN = "checkpoint_*.pt"
@@ -53,7 +53,7 @@ def write_checkpoint(state: dict, path: Path) -> Path:
     and a full disk is one line (bench.files.no_space_guard) that leaves no partial file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
+    tmp = temp_beside(path)
     previous = newest_checkpoint(path.parent)
     intact = (f"the previous checkpoint {previous} is intact" if previous else "no earlier checkpoint was saved") \
         + "; free space, then continue with bench run --resume"

@@ -9,6 +9,8 @@ from __future__ import annotations
 import contextlib
 import errno
 import hashlib
+import os
+import uuid
 from pathlib import Path
 from typing import Iterator, Sequence
 
@@ -27,13 +29,20 @@ def sha256_of(path: Path) -> str:
     return h.hexdigest()
 
 
+def temp_beside(path: Path, suffix: str = ".tmp") -> Path:
+    """A temporary name next to ``path`` that no other writer uses: concurrent runs that fill
+    the same cache (references, teacher weights) each rename their own complete file, where one
+    shared ``.tmp`` name let the first rename pull the file from under the second."""
+    return path.with_name(f"{path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}{suffix}")
+
+
 def save_weights(module: torch.nn.Module, path: Path) -> None:
     """A module's state dict as safetensors (contiguous CPU tensors), written atomically."""
     from safetensors.torch import save_file
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = temp_beside(path)
     with no_space_guard(path, "weights", partial=[tmp]):
         save_file({k: v.detach().contiguous().cpu() for k, v in module.state_dict().items()}, str(tmp))
         tmp.replace(path)
@@ -43,7 +52,7 @@ def save_npz_atomic(path: Path, **arrays) -> None:
     """np.savez to a temporary name, then rename: readers never see half a file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp.npz")
+    tmp = temp_beside(path, ".tmp.npz")  # np.savez appends .npz otherwise
     with no_space_guard(path, "arrays", partial=[tmp]):
         np.savez(tmp, **arrays)
         tmp.replace(path)

@@ -208,3 +208,24 @@ def test_root_cause_skips_wrappers():
         assert root_cause(outer) == "database or disk is full"
     assert root_cause(ValueError("(raised as a result of Query-invoked autoflush)\n(x) the cause")) == "(x) the cause"
 
+
+
+def test_two_writers_of_one_cache_file_both_finish(tmp_path, monkeypatch):
+    """Before: concurrent runs building the same reference shared one ``.tmp.npz`` name; the
+    first rename took the file from under the second (FileNotFoundError in CI's four-run test)."""
+    import numpy as np
+
+    from bench.files import save_npz_atomic
+
+    path, real, nested = tmp_path / "references" / "points.npz", np.savez, []
+
+    def savez(file, **arrays):  # a second writer runs to the end while the first is mid-write
+        real(file, **arrays)
+        if not nested:
+            nested.append(file)
+            save_npz_atomic(path, a=np.ones(2))
+
+    monkeypatch.setattr(np, "savez", savez)
+    save_npz_atomic(path, a=np.zeros(2))
+    assert np.load(path)["a"].tolist() == [0.0, 0.0]  # the last rename wins, whole
+    assert [p.name for p in path.parent.iterdir()] == ["points.npz"]  # no temporary left
