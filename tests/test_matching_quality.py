@@ -24,19 +24,37 @@ def _trained(cls, teacher, tmp_path, **overrides):
     return m
 
 
-@pytest.mark.parametrize("cls,overrides", [(DMD2, {"lr": 1e-3}), (SiD, {"lr": 1e-4, "fake_updates": 5})])
-def test_gmm2d_every_mode_gets_at_least_half_its_share(cls, overrides, tmp_path):
-    """8 modes, 2000 one-step samples: each mode's count above half its share (measured: DMD2 207..280,
-    SiD 136..383 of 250 at 1000 steps). One step is not yet sharper than DDIM-10 here (within 3 std
-    of a mode: DMD2 0.19-0.28, SiD 0.11, DDIM-10 0.36), unlike BOOT: the MLP fake score limits it."""
-    m = _trained(cls, load_teacher("gmm2d"), tmp_path, iterations=1000, batch_size=64, **overrides)
+def _on_modes(x: torch.Tensor) -> tuple[torch.Tensor, float]:
+    """Samples per nearest mode, and the share within 3 std (0.15) of a mode."""
+    nearest = torch.cdist(x.float(), gmm2d_params()[0].float()).min(1)
+    return torch.bincount(nearest.indices, minlength=8), float((nearest.values < 0.15).float().mean())
+
+
+# DMD2 on gmm2d compares the scores at t <= 0.1 T only: above that (sigma_t > 0.33) noise merges
+# modes 0.6 apart, and those draws only add variance. Measured at 1000 steps: all of [0.02, 0.98]
+# leaves the ring blurred (within 0.15 of radius 0.8: 0.54 of the samples; on a mode 0.19-0.30),
+# t_hi = 0.1 puts 0.998 on the ring and 0.44-0.49 on a mode (3000 steps, batch 256, lr 3e-4: the same).
+@pytest.mark.parametrize("cls,overrides,beats_ddim10", [(DMD2, {"lr": 1e-3, "t_hi": 0.1}, True),
+                                                        (SiD, {"lr": 1e-4, "fake_updates": 5}, False)])
+def test_gmm2d_every_mode_gets_at_least_half_its_share(cls, overrides, beats_ddim10, tmp_path):
+    """8 modes, 2000 one-step samples: each mode's count above half its share (measured: DMD2 222..286,
+    SiD 136..383 of 250 at 1000 steps); DMD2 lands on a mode more often than DDIM with 10 steps
+    (measured 0.47 against 0.36). SiD does not (0.10-0.16 over lr 1e-4..3e-4, alpha 0.5..1.2,
+    t_max 0.4..0.8; collapse to 1-2 modes at lr >= 3e-4 with alpha 1.2): its samples stay off the
+    ring (r from 0.2 to 1.06), also with a kernel-density fake score from 2048 fresh generator
+    samples in place of f_psi, so the fake network is not what limits it (docs/methods.md)."""
+    from bench.sampling import ddim_sample
+
+    teacher = load_teacher("gmm2d")
+    m = _trained(cls, teacher, tmp_path, iterations=1000, batch_size=64, **overrides)
     eps = torch.randn(2000, 2, generator=torch.Generator().manual_seed(5))
     with torch.no_grad():
-        x = m.sampler(1)(eps).float()
-    nearest = torch.cdist(x, gmm2d_params()[0].float()).min(1)
-    counts = torch.bincount(nearest.indices, minlength=8)
+        counts, sharp = _on_modes(m.sampler(1)(eps))
     assert bool((counts > 2000 / 8 / 2).all()), counts
-    assert float((nearest.values < 0.15).float().mean()) > 0.05  # the modes are hit, not just the sectors
+    assert sharp > 0.05  # the modes are hit, not just the sectors
+    if beats_ddim10:
+        _, sharp_ddim10 = _on_modes(ddim_sample(teacher, eps, teacher.schedule.timesteps(10)))
+        assert sharp > sharp_ddim10 + 0.05, (sharp, sharp_ddim10)
 
 
 @pytest.mark.parametrize("cls,overrides,std_bound", [
