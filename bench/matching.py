@@ -19,6 +19,7 @@ import abc
 import copy
 import dataclasses
 from pathlib import Path
+from typing import Optional
 
 import torch
 from torch import nn
@@ -177,15 +178,15 @@ class DistributionMatching(Method):
         t = self.times(len(x), gen)
         return self.loss_at(x, t, torch.randn(x.shape, generator=gen).to(x.device))
 
-    def _generator_step(self, step: int, gen: torch.Generator):
-        x = self.G(self.noise(self.config.batch_size, gen))
+    def _generator_step(self, step: int, gen: torch.Generator, rows: Optional[int] = None):
+        x = self.G(self.noise(rows or self.config.batch_size, gen))
         if step < self.warmup:  # a zero loss: Adam's first moments stay 0, so G does not move
             return 0.0 * x.float().flatten(1).sum(1), 0.0
         return self.generator_loss(x, gen), 1.0
 
-    def _fake_step(self, step: int, gen: torch.Generator):
+    def _fake_step(self, step: int, gen: torch.Generator, rows: Optional[int] = None):
         with torch.no_grad():  # f_psi learns G's distribution; no gradient to G
-            x = self.G(self.noise(self.config.batch_size, gen))
+            x = self.G(self.noise(rows or self.config.batch_size, gen))
         t = torch.randint(0, self.fake.T, (len(x),), generator=gen).to(x.device)
         return denoising_loss(self.fake, x, t, torch.randn(x.shape, generator=gen).to(x.device)), 0.0
 

@@ -21,9 +21,12 @@ from bench.teachers.base import Teacher
 LogFn = Callable[[dict[str, float], int], None]
 """log(metrics, step): how training reports its curves (MLflow in a run)."""
 
-LossFn = Callable[[int, torch.Generator], tuple[torch.Tensor, float]]
-"""loss(step, generator) -> (per-sample losses, teacher forward passes per sample): one batch.
-The loop reduces the losses (cf. EDM's loss classes); every random draw comes from the generator."""
+LossFn = Callable[..., tuple[torch.Tensor, float]]
+"""loss(step, generator, rows=None) -> (per-sample losses, teacher forward passes per sample):
+one batch of ``rows`` rows (None: the config's batch_size). The loop reduces the losses (cf.
+EDM's loss classes); every random draw comes from the generator. The loop asks for fewer rows
+than batch_size when a step's batch is split into streams (micro-batches, data-parallel
+workers), each with its own generator: the losses must be per sample, with no batch statistics."""
 
 DEFAULT_NFE = (1, 2, 4, 8, 16, 32, 64)
 
@@ -44,6 +47,10 @@ class DistillContext:
     # '' if the frozen teacher's output is finite, else what is not: a non-finite loss is then
     # the teacher's fault, not a divergence (a lower lr would not help)
     teacher_fault: Optional[Callable[[], str]] = None
+    # data-parallel training (bench/streams.py): this process's rank among ``world`` workers;
+    # only rank 0 logs, evaluates and writes checkpoints
+    rank: int = 0
+    world: int = 1
 
 
 @dataclasses.dataclass

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
 import time
 from pathlib import Path
 
@@ -22,6 +23,7 @@ from bench import accel
 from bench import checkpoints as ckpt
 from bench.errors import BenchError, first_line
 from bench.method import DistillContext, TrainStage
+from bench.streams import Streams
 from bench.train_config import TrainConfig  # noqa: F401 (methods import it from here)
 
 
@@ -66,7 +68,9 @@ class Trainer:
         # name -> (part, its optimiser, its schedule); updated before the model in every step
         self.parts = {p.name: (p, *self._optimiser(p.model, p.lr)) for p in stage.parts}
         self.part_loss: dict[str, float] = {}
-        self.gen = torch.Generator().manual_seed(ctx.seed)
+        # the batch's random streams (micro-batches, workers); one stream is the seed's generator
+        self.streams = Streams(ctx.seed, self.cfg.batch_size, self.cfg.micro_batches, ctx.rank, ctx.world)
+        self.lead = ctx.rank == 0  # logs, evaluates and writes checkpoints
         self.done = Totals()  # this stage's own cost
         self.history: list[dict[str, float]] = []  # what was logged, for the training-curve plot
         self.extra: dict = {}  # a method's own resume state (e.g. the progressive round), saved as is
@@ -114,7 +118,7 @@ class Trainer:
         """One step of the stage: each part's updates, then the model's; returns the model's loss."""
         # the RNG before the step: a last-good checkpoint written after a failed step must
         # resume exactly as if the step had not started
-        self._rng_before = (self.gen.get_state(), torch.get_rng_state())
+        self._rng_before = ({k: g.get_state() for k, g in self.streams.items()}, torch.get_rng_state())
         self._updated = 0  # optimiser steps taken in this step (a failure after one: no last-good save)
         rows = 0.0
         for name, (part, opt, sched) in self.parts.items():
@@ -127,16 +131,24 @@ class Trainer:
         return loss
 
     def _update(self, model: nn.Module, loss_fn, opt, sched, what: str) -> tuple[float, float]:
-        """One optimiser step of ``model`` on one batch of ``loss_fn``: (its mean loss, the teacher
-        forward rows it cost). Gradients a loss leaves in another network's weights are harmless:
-        every optimiser clears its own before its backward pass."""
-        with self.autocast():
-            losses, teacher_forwards = loss_fn(self.step, self.gen)
-        loss = losses.float().mean()
-        if not torch.isfinite(loss):
-            raise Diverged(f"{what}loss is {loss.item()} at step {self.total.steps}")
+        """One optimiser step of ``model`` on one batch of ``loss_fn``, drawn as this process's
+        streams (bench/streams.py): (the batch's mean loss, the teacher forward rows it cost).
+        Gradients a loss leaves in another network's weights are harmless: every optimiser
+        clears its own before its backward pass."""
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        share, forwards = 0.0, 0.0
+        for _, gen in self.streams.items():
+            with self.autocast():
+                losses, teacher_forwards = loss_fn(self.step, gen, self.streams.rows)
+            loss = losses.float().mean() / self.streams.count  # this stream's share of the batch mean
+            if torch.isfinite(loss):  # a non-finite one is raised below, on every worker alike
+                loss.backward()
+            share, forwards = share + loss.item(), forwards + teacher_forwards * len(losses)
+        mean, forwards = self.streams.sum([share, forwards], self.ctx.device)
+        if not math.isfinite(mean):
+            raise Diverged(f"{what}loss is {mean} at step {self.total.steps}")
+        params = [p for p in model.parameters() if p.requires_grad]
+        self.streams.sum_gradients(params)
         if self.cfg.grad_clip > 0:
             norm = nn.utils.clip_grad_norm_(model.parameters(), self.cfg.grad_clip)
             if not torch.isfinite(norm):  # clipping by a non-finite norm would write NaN into every weight
@@ -144,7 +156,7 @@ class Trainer:
         opt.step()
         sched.step()
         self._updated += 1
-        return loss.item(), teacher_forwards * len(losses)
+        return mean, forwards
 
     def _update_ema(self) -> None:
         if self.ema is self.model:
@@ -160,7 +172,7 @@ class Trainer:
         from tqdm.auto import tqdm
 
         cfg = self.cfg
-        bar = tqdm(total=cfg.iterations, initial=self.step, disable=not self.ctx.progress,
+        bar = tqdm(total=cfg.iterations, initial=self.step, disable=not (self.ctx.progress and self.lead),
                    unit="it", desc="distilling")
         while self.step < cfg.iterations:
             start = time.perf_counter()
@@ -188,6 +200,14 @@ class Trainer:
         return self.done
 
     def _after_step(self, loss: float, elapsed: float) -> None:
+        cfg = self.cfg
+        if self.lead:
+            self._report(loss, elapsed)
+        if cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0:
+            self.checkpoint()  # on every worker: the streams' states are gathered
+
+    def _report(self, loss: float, elapsed: float) -> None:
+        """The train/* metrics and the quick FID (rank 0)."""
         cfg, total = self.cfg, self.total
         if self.step % cfg.log_every == 0 or self.step == cfg.iterations:
             self._log({"train/loss": loss, **{f"train/loss_{k}": v for k, v in self.part_loss.items()},
@@ -197,8 +217,6 @@ class Trainer:
         if self.stage.quick_sampler and cfg.eval_every and self.step % cfg.eval_every == 0 \
                 and self.ctx.quick_eval:
             self._log({"train/fid": self.ctx.quick_eval(self.stage.quick_sampler(self.ema), cfg.eval_samples)})
-        if cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0:
-            self.checkpoint()
 
     def _log(self, metrics: dict[str, float]) -> None:
         self.ctx.log(metrics, self.total.steps)
@@ -214,7 +232,8 @@ class Trainer:
             raise Diverged(f"training diverged: the weights are not finite at step {self.total.steps}; "
                            f"{self._newest_good()}")
         path = self.save(ckpt.checkpoint_path(self.ctx.workdir, self.total.steps))
-        ckpt.prune(self.ctx.workdir, self.cfg.keep_checkpoints)
+        if self.lead:
+            ckpt.prune(self.ctx.workdir, self.cfg.keep_checkpoints)
         return path
 
     def _finite(self) -> bool:
@@ -231,21 +250,26 @@ class Trainer:
         if not self._finite() or self._updated:  # a part already stepped: the step is half done
             return self._newest_good()
         if self._rng_before is not None:
-            self.gen.set_state(self._rng_before[0])
+            for k, g in self.streams.items():
+                g.set_state(self._rng_before[0][k])
             torch.set_rng_state(self._rng_before[1])
         return f"the last good state (step {self.total.steps}) is saved in {self.checkpoint()}"
 
     def save(self, path):
-        """Student, EMA, optimiser, cost so far (this stage and before), RNG states and ``extra``."""
+        """Student, EMA, optimiser, cost so far (this stage and before), RNG states (every
+        stream's, gathered from the workers: all take part, rank 0 writes) and ``extra``."""
+        streams = self.streams.state()
+        self._saved_step = self.step
+        if not self.lead:
+            return path
         state = {"model": self.model.state_dict(), "ema": self.ema.state_dict(),
                  "opt": self.opt.state_dict(), "sched": self.sched.state_dict(),
                  "step": self.step, "done": dataclasses.asdict(self.done),
-                 "start": dataclasses.asdict(self.start), "gen": self.gen.get_state(),
+                 "start": dataclasses.asdict(self.start), "streams": streams,
                  "torch_rng": torch.get_rng_state(), "extra": self.extra,
                  "parts": {name: {"model": part.model.state_dict(), "opt": opt.state_dict(),
                                   "sched": sched.state_dict()} for name, (part, opt, sched) in self.parts.items()}}
         ckpt.write_checkpoint(state, path)
-        self._saved_step = self.step
         return path
 
     def load(self, path) -> None:
@@ -263,7 +287,8 @@ class Trainer:
                              f"({first_line(exc, 200)})") from None
         self.sched.load_state_dict(state["sched"])
         self.done, self.start = Totals(**state["done"]), Totals(**state["start"])
-        self.gen.set_state(state["gen"].cpu())
+        # before streams (one generator "gen"): one stream
+        self.streams.load(state.get("streams") or {"count": 1, "gens": {0: state["gen"]}}, f"checkpoint {path}")
         torch.set_rng_state(state["torch_rng"].cpu())
         self.extra = dict(state.get("extra", {}))
         # a checkpoint from another folder (--resume-from, a re-evaluation) is copied into this

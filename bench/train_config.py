@@ -28,6 +28,9 @@ class TrainConfig:
                                             "exact as the fp32 evaluation; an eps-teacher's x0 multiplies "
                                             "its output error by sigma/alpha) or autocast (the student's)",
                                     choices=("fp32", "autocast"))
+    micro_batches: int = option(1, "split each step's batch into this many micro-batches, each from its own "
+                                   "random stream, and accumulate their gradients: less memory, the same "
+                                   "global batch (bench/streams.py; two workers = two micro-batches)")
     log_every: int = option(10, "log train/* metrics every N steps")
     eval_every: int = option(0, "quick FID of the student every N steps (0: off)")
     eval_samples: int = option(256, "n of the quick evaluation (raised to the feature dimension if smaller)")
@@ -51,6 +54,9 @@ class TrainConfig:
             raise ValueError("adam_beta1 must be in [0, 1)")
         if not 0 <= self.ema_decay < 1:
             raise ValueError("ema_decay must be in [0, 1)")
+        if self.micro_batches < 1 or self.batch_size % self.micro_batches:
+            raise ValueError(f"micro_batches must be >= 1 and divide batch_size {self.batch_size}, "
+                             f"got {self.micro_batches}")
         if self.checkpoint_every < 0 or self.keep_checkpoints < 1:
             raise ValueError("checkpoint_every must be >= 0 and keep_checkpoints >= 1")
         # each of these would fail only mid-training (log_every=0 is a modulo by zero)

@@ -116,9 +116,9 @@ class BOOT(Method):
             one_minus_r = (1 - self.ratio(t, s)).view((-1,) + (1,) * (eps.dim() - 1))
             return (g + one_minus_r.to(g.dtype) * (f - g)).detach(), one_minus_r
 
-    def loss(self, it: int, gen: torch.Generator) -> tuple[torch.Tensor, float]:
+    def loss(self, it: int, gen: torch.Generator, rows: Optional[int] = None) -> tuple[torch.Tensor, float]:
         """Per-sample losses of one batch: boundary rows first, bootstrapping rows after."""
-        cfg, B = self.config, self.config.batch_size
+        cfg, B = self.config, rows or self.config.batch_size
         nb = max(1, math.ceil(B * cfg.boundary_fraction))
         eps = torch.randn((B,) + self.teacher.sample_shape, generator=gen).to(self.device)
         cond = self._classes(B, gen)

@@ -46,6 +46,7 @@ import copy
 import dataclasses
 import math
 from pathlib import Path
+from typing import Optional
 
 import torch
 from torch import nn
@@ -234,9 +235,9 @@ class Consistency(Method):
             return self.model(x_s, s, target=True), rows
 
     def _loss(self, x_data: torch.Tensor):
-        def loss(step: int, gen: torch.Generator):
+        def loss(step: int, gen: torch.Generator, rows: Optional[int] = None):
             self.model.update_target(step)
-            B = self.config.batch_size
+            B = rows or self.config.batch_size
             x = x_data[torch.randint(0, len(x_data), (B,), generator=gen).to(x_data.device)]
             t, s = self.pairs(B, gen)
             eps = torch.randn(x.shape, generator=gen).to(x.device)

@@ -103,9 +103,10 @@ class Progressive(Method):
         self.history: list[dict] = []
 
     # -- the math -------------------------------------------------------------------
-    def _noisy_batch(self, x_data, grid: torch.Tensor, gen):
-        """x from the data, t from ``grid``, x_t = alpha_t x + sigma_t eps; returns (index, t, a, s, x_t)."""
-        B = self.config.batch_size
+    def _noisy_batch(self, x_data, grid: torch.Tensor, gen, rows: Optional[int]):
+        """``rows`` x (None: batch_size) from the data, t from ``grid``, x_t = alpha_t x + sigma_t eps;
+        returns (index, t, a, s, x_t)."""
+        B = rows or self.config.batch_size
         x = x_data[torch.randint(0, len(x_data), (B,), generator=gen).to(x_data.device)]
         idx = torch.randint(0, len(grid), (B,), generator=gen)
         eps = torch.randn(x.shape, generator=gen).to(x.device)
@@ -125,8 +126,8 @@ class Progressive(Method):
         t_next = torch.tensor(grid[1:] + [-1], dtype=torch.float64)
         t_mid = torch.tensor(fine[1::2], dtype=torch.float64)  # the 2N grid nests the N grid
 
-        def loss(step: int, gen: torch.Generator):
-            idx, t, a, s, x_t = self._noisy_batch(x_data, t_grid, gen)
+        def loss(step: int, gen: torch.Generator, rows: Optional[int] = None):
+            idx, t, a, s, x_t = self._noisy_batch(x_data, t_grid, gen, rows)
             with torch.no_grad():
                 target = two_step_target(teacher, x_t, t, t_mid[idx], t_next[idx])
             return self._weighted(student.predict(x_t, t)[0], target, a, s), 2.0
@@ -137,8 +138,8 @@ class Progressive(Method):
         """The MLP imitates the teacher's x0 prediction on the grid the first round samples."""
         grid = torch.tensor(self.teacher.schedule.timesteps(self.config.start_steps), dtype=torch.float64)
 
-        def loss(step: int, gen: torch.Generator):
-            _, t, a, s, x_t = self._noisy_batch(x_data, grid, gen)
+        def loss(step: int, gen: torch.Generator, rows: Optional[int] = None):
+            _, t, a, s, x_t = self._noisy_batch(x_data, grid, gen, rows)
             with torch.no_grad():
                 target = self.teacher.x0(x_t, t)
             return self._weighted(student.predict(x_t, t)[0], target, a, s), 1.0

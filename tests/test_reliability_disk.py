@@ -49,7 +49,7 @@ def tmpfs(tmp_path):
 def _trainer(workdir: Path, width: int = 256, **cfg) -> Trainer:
     torch.manual_seed(0)
     model = torch.nn.Linear(width, width)  # model, EMA and Adam's two moments: ~4 x 263 kB
-    loss = lambda it, gen: (model(torch.randn(4, width, generator=gen)).pow(2).mean(1), 1.0)  # noqa: E731
+    loss = lambda it, gen, rows=None: (model(torch.randn(4, width, generator=gen)).pow(2).mean(1), 1.0)  # noqa: E731
     config = TrainConfig(**{"iterations": 8, "checkpoint_every": 4, "keep_checkpoints": 1, **cfg})
     ctx = DistillContext(log=lambda m, s: None, device=torch.device("cpu"), workdir=workdir, progress=False)
     return Trainer(TrainStage(model, loss, config), ctx)

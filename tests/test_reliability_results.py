@@ -100,7 +100,7 @@ def test_a_non_finite_loss_from_the_teacher_is_not_called_a_divergence(tmp_path)
     from bench.train import TrainConfig, Trainer
 
     model = torch.nn.Linear(2, 2)
-    loss = lambda it, gen: (model(torch.randn(4, 2, generator=gen)).pow(2).mean(1) * float("nan"), 1.0)  # noqa: E731
+    loss = lambda it, gen, rows=None: (model(torch.randn(4, 2, generator=gen)).pow(2).mean(1) * float("nan"), 1.0)  # noqa: E731
     ctx = DistillContext(log=lambda m, s: None, device=torch.device("cpu"), workdir=tmp_path, progress=False,
                          teacher_fault=lambda: "its prediction at step 999 is not finite")
     trainer = Trainer(TrainStage(model, loss, TrainConfig(iterations=3, checkpoint_every=0)), ctx)

@@ -104,7 +104,7 @@ def _trainer(tmp_path, loss=None, **overrides):
 
 def _loss(bad_at=None):
     def make(model):
-        def loss(it, gen):
+        def loss(it, gen, rows=None):
             out = model(torch.randn(8, 4, generator=gen))
             return out.pow(2).mean(1) * (float("nan") if it == bad_at else 1.0), 1.0
         return loss
@@ -124,14 +124,14 @@ def test_nan_loss_stops_with_last_good_checkpoint(tmp_path, grad_clip):
     state = read_checkpoint(tmp_path / "bad" / "checkpoint_0000007.pt")
     assert state["step"] == 7
     assert all(torch.equal(state["model"][k], v) for k, v in clean.model.state_dict().items())
-    assert torch.equal(state["gen"], clean.gen.get_state())  # resumes as if step 7 never began
+    assert torch.equal(state["streams"]["gens"][0], clean.streams.gens[0].get_state())  # resumes as if step 7 never began
 
 
 def test_weights_gone_non_finite_point_to_the_newest_good_checkpoint(tmp_path):
     """Without clipping an overflowing gradient writes inf into the weights before the loss
     shows it; the error then names the newest checkpoint, which was checked finite."""
     def make(model):
-        def loss(it, gen):
+        def loss(it, gen, rows=None):
             out = model(torch.randn(8, 4, generator=gen))
             if it == 5:  # loss 0, gradient NaN (d sqrt(u) / du at u = 0 times d|v| / dv = 0)
                 return (out - out.detach()).abs().sqrt().mean(1), 1.0
