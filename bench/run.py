@@ -130,7 +130,7 @@ def _tracked(run_cfg, method, teacher, extractor, ref, device, progress, hooks) 
                              workdir=tracker.workdir, progress=progress, resume_from=hooks.checkpoint,
                              quick_eval=_quick_eval(teacher, extractor, ref, run_cfg, device),
                              teacher_fault=teacher.nonfinite)
-        cost = _distill(method, ctx, tracker)
+        cost = _distill(run_cfg, method, ctx, tracker)
         rows = _evaluate_all(run_cfg, method, teacher, extractor, ref, device, progress)
         for ev in rows:  # only now: an evaluation that fails at any NFE logs no result at all
             tracker.log_metrics(ev.metrics(), step=ev.nfe)
@@ -165,6 +165,7 @@ def _params(run_cfg: RunConfig, method, device, teacher, extractor) -> dict:
             "seed": run_cfg.seed, "device": str(device), "n": run_cfg.num_samples, "batch_size": run_cfg.batch_size,
             "nfe": ",".join(map(str, run_cfg.nfe)), "feature_extractor": extractor.name,
             "metrics": ",".join(run_cfg.metrics), "reference": run_cfg.reference,
+            "workers": run_cfg.workers, "gpus_per_worker": run_cfg.gpus_per_worker,
             **teacher.provenance.as_params(), **cfgs.to_params(method.config, "method.")}
 
 
@@ -176,9 +177,14 @@ def _reference(run_cfg: RunConfig, teacher, extractor, device):
                            batch_size=run_cfg.batch_size, device=device)
 
 
-def _distill(method, ctx: DistillContext, tracker) -> dict[str, float]:
+def _distill(run_cfg: RunConfig, method, ctx: DistillContext, tracker) -> dict[str, float]:
     start = time.perf_counter()
-    cost = dict(method.distill(ctx))
+    if run_cfg.workers > 1:
+        from bench.parallel import distill_on_workers
+
+        cost = distill_on_workers(run_cfg, method, ctx, tracker)
+    else:
+        cost = dict(method.distill(ctx))
     cost["distill_seconds"] = time.perf_counter() - start
     tracker.log_metrics(cost)
     return cost

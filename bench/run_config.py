@@ -45,6 +45,11 @@ class RunConfig:
                                     "this many steps from the same noise (0: off)")
     fidelity_samples: int = _eval(1000, "teacher fidelity is measured on the first N seeds")
     keep_samples: int = _eval(10_000, "samples kept per NFE for the samples/*.npz artifact")
+    workers: int = option(1, "data-parallel training workers on Ray Train (bench/parallel.py); the global "
+                             "batch stays batch_size, split over them")
+    gpus_per_worker: float = option(0.0, "GPUs per worker (0: CPU workers with gloo; else NCCL)")
+    address: Optional[str] = option(None, "an existing Ray cluster for the workers (e.g. 10.0.0.1:6379; "
+                                          "default: a local Ray)")
     experiment: str = option("distill-bench", "MLflow experiment name")
     tracking_uri: Optional[str] = option(None, "MLflow tracking URI (default: sqlite in the cwd)")
     system_metrics: bool = option(True, "log MLflow system metrics (CPU, memory; GPU where pynvml is "
@@ -56,6 +61,9 @@ class RunConfig:
         check_choices(self)  # types first: the checks below compare numbers
         if self.nfe is not None and (not self.nfe or min(self.nfe) < 1):
             raise ValueError(f"every NFE must be >= 1, got {','.join(map(str, self.nfe)) or 'none'}")
+        if self.workers < 1 or self.gpus_per_worker < 0:
+            raise ValueError(f"workers must be >= 1 and gpus_per_worker >= 0, got {self.workers} and "
+                             f"{self.gpus_per_worker}")
         if self.num_samples < 2 or self.batch_size < 1:
             raise ValueError("num_samples must be >= 2 and batch_size >= 1")
         if not 0 <= self.seed < SEED_LIMIT:

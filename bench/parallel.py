@@ -1,0 +1,156 @@
+"""Data-parallel distillation on Ray Train: ``bench run --workers N [--gpus-per-worker G]``.
+
+``run()`` opens the MLflow run and prepares the reference as always; only the distillation
+moves: a ``TorchTrainer`` starts N workers (gloo on CPUs, NCCL on GPUs; locally or on the
+cluster at ``--address``), each of which builds the teacher and the method as ``run()`` does
+(the same seed, so the same initial weights) and runs the method's own ``distill`` as rank r of
+N. The shared loop (bench.train) splits every batch into streams (bench/streams.py): each
+worker draws its rows from its own generators, gradients are summed over the workers, and
+the global batch stays ``batch_size``, so a run on N workers computes what one process
+computes with N micro-batches. Rank 0 logs ``train/*`` to the run and writes the checkpoints.
+
+After training the driver continues the method from the final checkpoint (nothing is left
+to train, so this only loads it) and evaluates on its own device. The evaluation is not split
+over the workers: it is a few percent of a distillation's time, and per-sample seeds make it
+the same wherever it runs.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from bench.checkpoints import newest_checkpoint, read_checkpoint
+from bench.errors import BenchError, first_line
+from bench.method import DistillContext
+
+
+def distill_on_workers(run_cfg, method, ctx: DistillContext, tracker) -> dict[str, float]:
+    """Train ``method`` on ``run_cfg.workers`` Ray Train workers; returns its cost metrics."""
+    cfg = method.config
+    if not hasattr(cfg, "micro_batches"):
+        raise BenchError(f"{run_cfg.method} does not train, so it has nothing to split over workers; "
+                         f"run it without --workers")
+    if not cfg.checkpoint_every:
+        raise BenchError("--workers needs checkpoints (the driver reads the trained networks from the "
+                         "final one); set checkpoint_every > 0")
+    streams = run_cfg.workers * cfg.micro_batches
+    if cfg.batch_size % streams:
+        raise BenchError(f"batch_size {cfg.batch_size} does not split into {run_cfg.workers} workers x "
+                         f"{cfg.micro_batches} micro-batch(es); choose a batch_size divisible by {streams}")
+    _check_layout(ctx.resume_from, streams)
+    payload = {"run_cfg": run_cfg, "method_cls": type(method), "method_cfg": cfg, "uri": tracker.uri,
+               "run_id": tracker.run_id, "workdir": str(ctx.workdir), "seed": ctx.seed,
+               "resume_from": str(ctx.resume_from) if ctx.resume_from else None}
+    _fit(run_cfg, payload, Path(ctx.workdir))
+    _collect_spool(tracker)
+    final = newest_checkpoint(Path(ctx.workdir))
+    if final is None:
+        raise BenchError(f"the workers finished without a checkpoint in {ctx.workdir}")
+    # the driver as rank 0 of the finished group: it loads the final state, with no step left
+    # to train, and so never reaches a collective call
+    done = dataclasses.replace(ctx, resume_from=final, world=run_cfg.workers, progress=False)
+    return dict(method.distill(done))
+
+
+def _collect_spool(tracker) -> None:
+    """What rank 0 could not log (a failing store) waits in the run's spool: sync it now, or
+    let the driver's tracker keep spooling behind it."""
+    from bench.spool import pending, sync
+
+    if tracker.offline is None and pending(tracker.spool):
+        try:
+            sync(tracker.spool, client=tracker.client)
+        except BenchError as exc:
+            tracker.offline = str(exc)
+
+
+def _check_layout(checkpoint, streams: int) -> None:
+    """A checkpoint of another stream count: one line, before any worker starts."""
+    if not checkpoint:
+        return
+    saved = read_checkpoint(checkpoint, mmap=True).get("streams", {"count": 1})["count"]
+    if saved != streams:
+        raise BenchError(f"checkpoint {checkpoint} was written with {saved} batch stream(s) (workers x "
+                         f"micro_batches) and this run has {streams}: training continues exactly only with "
+                         f"the same count; resume with workers x micro_batches = {saved}")
+
+
+def _fit(run_cfg, payload: dict, workdir: Path) -> None:
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    import ray
+    from ray.train import FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    if not ray.is_initialized():
+        try:
+            ray.init(address=run_cfg.address, include_dashboard=False, log_to_driver=False,
+                     configure_logging=True, logging_level="WARNING")
+        except ConnectionError as exc:
+            raise BenchError(f"cannot reach the Ray cluster at {run_cfg.address}: {first_line(exc)}; "
+                             f"check --address (ray status on the head node prints it)") from None
+    gpus = run_cfg.gpus_per_worker
+    scaling = ScalingConfig(num_workers=run_cfg.workers, use_gpu=gpus > 0,
+                            resources_per_worker={"CPU": 1, **({"GPU": gpus} if gpus else {})})
+    trainer = TorchTrainer(train_worker, train_loop_config=payload, scaling_config=scaling,
+                           run_config=RunConfig(name="workers", storage_path=str((workdir / "ray").resolve()),
+                                                failure_config=FailureConfig(max_failures=0)))
+    try:
+        trainer.fit()
+    except Exception as exc:  # TrainingFailedError wraps the worker's own error
+        raise BenchError(f"training on {run_cfg.workers} workers failed: {_worker_error(exc)}; the newest "
+                         f"checkpoint in {workdir} is the last good state: continue with bench run --resume") \
+            from None
+
+
+def _worker_error(exc: BaseException) -> str:
+    """The first line of the worker's own exception, under Ray's wrappers."""
+    seen, found = set(), exc
+    while found is not None and id(found) not in seen:
+        seen.add(id(found))
+        if isinstance(found, BenchError):
+            return str(found)
+        found = getattr(found, "cause", None) or found.__cause__ or found.__context__
+    return first_line(exc, 300)
+
+
+def train_worker(payload: dict[str, Any]) -> None:
+    """One Ray Train worker: the teacher and method as ``run()`` builds them, trained as rank r."""
+    import ray.train
+    import ray.train.torch
+
+    from bench.run import make_method
+    from bench.teachers import load_teacher
+
+    run_cfg, context = payload["run_cfg"], ray.train.get_context()
+    rank, world = context.get_world_rank(), context.get_world_size()
+    device = ray.train.torch.get_device() if run_cfg.gpus_per_worker else torch.device("cpu")
+    torch.set_num_threads(1 if device.type == "cpu" else torch.get_num_threads())
+    torch.manual_seed(run_cfg.seed)  # as run(): every worker starts from the same weights
+    teacher = load_teacher(run_cfg.teacher, run_cfg.teacher_path, device=str(device)).to(device)
+    method, run_cfg = make_method(run_cfg, payload["method_cls"], payload["method_cfg"], teacher, device)
+    log, quick = (lambda metrics, step: None), None
+    if rank == 0:
+        log, quick = _lead(run_cfg, payload, teacher, device)
+    ctx = DistillContext(log=log, device=device, seed=payload["seed"], workdir=Path(payload["workdir"]),
+                         progress=False, quick_eval=quick, teacher_fault=teacher.nonfinite,
+                         resume_from=Path(payload["resume_from"]) if payload["resume_from"] else None,
+                         rank=rank, world=world)
+    method.distill(ctx)
+
+
+def _lead(run_cfg, payload: dict, teacher, device):
+    """Rank 0's logger (into the driver's MLflow run, spooled like it) and quick evaluation."""
+    from mlflow.tracking import MlflowClient
+
+    from bench.features import get_extractor
+    from bench.run import _quick_eval, _reference
+    from bench.spool import SpooledRun
+
+    tracker = SpooledRun(MlflowClient(payload["uri"]), payload["run_id"], payload["uri"], Path(payload["workdir"]))
+    extractor = get_extractor(teacher.features, inception_weights=run_cfg.inception_weights, device=str(device))
+    ref = _reference(run_cfg, teacher, extractor, device)  # the driver's, from the cache
+    return tracker.log_metrics, _quick_eval(teacher, extractor, ref, run_cfg, device)
