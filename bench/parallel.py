@@ -97,7 +97,7 @@ def _fit(run_cfg, payload: dict, workdir: Path) -> None:
                             resources_per_worker={"CPU": 1, **({"GPU": gpus} if gpus else {})})
     trainer = TorchTrainer(train_worker, train_loop_config=payload, scaling_config=scaling,
                            run_config=RunConfig(name="workers", storage_path=str((workdir / "ray").resolve()),
-                                                failure_config=FailureConfig(max_failures=0)))
+                                                failure_config=FailureConfig(max_failures=run_cfg.worker_retries)))
     try:
         trainer.fit()
     except Exception as exc:  # TrainingFailedError wraps the worker's own error
@@ -135,10 +135,12 @@ def train_worker(payload: dict[str, Any]) -> None:
     log, quick = (lambda metrics, step: None), None
     if rank == 0:
         log, quick = _lead(run_cfg, payload, teacher, device)
-    ctx = DistillContext(log=log, device=device, seed=payload["seed"], workdir=Path(payload["workdir"]),
-                         progress=False, quick_eval=quick, teacher_fault=teacher.nonfinite,
-                         resume_from=Path(payload["resume_from"]) if payload["resume_from"] else None,
-                         rank=rank, world=world)
+    workdir = Path(payload["workdir"])
+    # a restarted worker group (worker_retries) continues from the run's own newest checkpoint
+    resume = newest_checkpoint(workdir) or payload["resume_from"]
+    ctx = DistillContext(log=log, device=device, seed=payload["seed"], workdir=workdir, progress=False,
+                         quick_eval=quick, teacher_fault=teacher.nonfinite,
+                         resume_from=Path(resume) if resume else None, rank=rank, world=world)
     method.distill(ctx)
 
 

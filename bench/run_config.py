@@ -50,6 +50,8 @@ class RunConfig:
     gpus_per_worker: float = option(0.0, "GPUs per worker (0: CPU workers with gloo; else NCCL)")
     address: Optional[str] = option(None, "an existing Ray cluster for the workers (e.g. 10.0.0.1:6379; "
                                           "default: a local Ray)")
+    worker_retries: int = option(0, "restarts of the workers after one dies (Ray Train's FailureConfig), "
+                                    "each from the newest checkpoint; 0: the run fails and --resume continues it")
     experiment: str = option("distill-bench", "MLflow experiment name")
     tracking_uri: Optional[str] = option(None, "MLflow tracking URI (default: sqlite in the cwd)")
     system_metrics: bool = option(True, "log MLflow system metrics (CPU, memory; GPU where pynvml is "
@@ -61,9 +63,9 @@ class RunConfig:
         check_choices(self)  # types first: the checks below compare numbers
         if self.nfe is not None and (not self.nfe or min(self.nfe) < 1):
             raise ValueError(f"every NFE must be >= 1, got {','.join(map(str, self.nfe)) or 'none'}")
-        if self.workers < 1 or self.gpus_per_worker < 0:
-            raise ValueError(f"workers must be >= 1 and gpus_per_worker >= 0, got {self.workers} and "
-                             f"{self.gpus_per_worker}")
+        if self.workers < 1 or self.gpus_per_worker < 0 or self.worker_retries < 0:
+            raise ValueError(f"workers must be >= 1, gpus_per_worker and worker_retries >= 0, got "
+                             f"{self.workers}, {self.gpus_per_worker} and {self.worker_retries}")
         if self.num_samples < 2 or self.batch_size < 1:
             raise ValueError("num_samples must be >= 2 and batch_size >= 1")
         if not 0 <= self.seed < SEED_LIMIT:

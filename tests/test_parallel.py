@@ -1,0 +1,160 @@
+"""Data-parallel training (issue #20): a batch as random streams, micro-batches, Ray Train workers.
+
+The promise (bench/streams.py): N workers compute what one process computes with N
+micro-batches, the global batch and the teacher-forward count do not depend on the layout, and a
+checkpoint continues exactly on any layout with the same number of streams.
+"""
+import os
+import re
+import signal
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+import torch
+
+from bench import config as cfgs
+from bench.checkpoints import newest_checkpoint
+from bench.errors import BenchError
+from bench.method import DistillContext, TrainStage
+from bench.streams import Streams, stream_seed
+from bench.train import TrainConfig, Trainer
+from conftest import bench_env, run_bench
+
+CPU = torch.device("cpu")
+
+
+def test_stream_zero_is_the_seed_and_others_differ():
+    assert stream_seed(7, 0) == 7
+    seeds = {stream_seed(7, k) for k in range(4)} | {stream_seed(8, k) for k in range(1, 4)}
+    assert len(seeds) == 7 and all(0 <= s < 2**63 for s in seeds)
+
+
+def test_ranks_hold_consecutive_streams_and_equal_rows():
+    ranks = [Streams(3, 24, micro_batches=2, rank=r, world=3) for r in range(3)]
+    assert [sorted(s.gens) for s in ranks] == [[0, 1], [2, 3], [4, 5]]
+    assert {s.rows for s in ranks} == {4} and {s.count for s in ranks} == {6}
+    with pytest.raises(BenchError, match=r"batch_size 10 does not split into 3 worker\(s\) x 1 micro-batch"):
+        Streams(0, 10, world=3)
+
+
+def _linear_trainer(tmp_path, micro_batches: int, **overrides):
+    torch.manual_seed(0)
+    model = torch.nn.Linear(3, 2)
+    x_all = torch.randn(64, 3)
+
+    def loss(step, gen, rows=None):
+        x = x_all[torch.randint(0, len(x_all), (rows or 8,), generator=gen)]
+        return (model(x) - 1).pow(2).mean(1), 1.0
+
+    cfg = cfgs.replace(TrainConfig(), {"iterations": 1, "batch_size": 8, "micro_batches": micro_batches,
+                                       "grad_clip": 0.0, "ema_decay": 0.0, "checkpoint_every": 0, **overrides})
+    ctx = DistillContext(log=lambda m, s: None, device=CPU, workdir=tmp_path, progress=False, seed=5)
+    return Trainer(TrainStage(model, loss, cfg), ctx), model, x_all
+
+
+def test_micro_batches_accumulate_the_gradient_of_the_whole_batch(tmp_path):
+    """Two micro-batches of 4 rows, from streams 0 and 1: the gradient is that of the mean loss
+    over all 8 rows (each stream's own rows, drawn here independently of the trainer)."""
+    trainer, model, x_all = _linear_trainer(tmp_path, 2)
+    rows = [x_all[torch.randint(0, 64, (4,), generator=torch.Generator().manual_seed(stream_seed(5, k)))]
+            for k in (0, 1)]
+    reference = torch.nn.Linear(3, 2)
+    reference.load_state_dict(model.state_dict())
+    (reference(torch.cat(rows)) - 1).pow(2).mean(1).mean().backward()
+    loss = trainer._step()
+    assert torch.allclose(model.weight.grad, reference.weight.grad, atol=1e-7)
+    assert torch.allclose(model.bias.grad, reference.bias.grad, atol=1e-7)
+    with torch.no_grad():
+        expected = float((reference(torch.cat(rows)) - 1).pow(2).mean())
+    assert loss == pytest.approx(expected, rel=1e-6)
+    assert trainer.total.teacher_forwards == 8  # both micro-batches counted, per row
+
+
+def test_a_checkpoint_continues_only_with_the_same_stream_count(tmp_path):
+    trainer, _, _ = _linear_trainer(tmp_path / "a", 2, checkpoint_every=1)
+    trainer.fit()
+    saved = newest_checkpoint(tmp_path / "a")
+    with pytest.raises(BenchError, match=r"written with 2 batch stream\(s\) \(workers x micro_batches\) and this "
+                                         r"run has 1: .*resume with workers x micro_batches = 2$"):
+        other, _, _ = _linear_trainer(tmp_path / "b", 1)
+        other.ctx.resume_from = saved
+        other.load(saved)
+
+
+def _history(uri: str):
+    """The store's one run: (run, train/loss by step (a re-logged step: its last value), the
+    final teacher-forward count)."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(uri)
+    (run,) = client.search_runs([client.get_experiment_by_name("distill-bench").experiment_id])
+    loss = {m.step: m.value for m in sorted(client.get_metric_history(run.info.run_id, "train/loss"),
+                                            key=lambda m: (m.step, m.timestamp))}
+    forwards = client.get_metric_history(run.info.run_id, "train/teacher_forwards")
+    return run, [loss[k] for k in sorted(loss)], max(m.value for m in forwards)
+
+
+RUN = ["run", "--method", "boot", "--teacher", "gmm2d", "--nfe", "1", "--num-samples", "100", "--metrics", "fid",
+       "--set", "iterations=30", "--set", "batch_size=16", "--set", "log_every=1", "--quiet"]
+
+
+def test_two_workers_reproduce_two_micro_batches(tmp_path):
+    """BOOT on 2 gloo workers (Ray Train) against one process with 2 micro-batches and one with 1:
+    the 2-worker loss curve equals the 2-micro-batch one to float32 rounding (the gradient sum
+    runs in another order), the teacher-forward count is the same for all three, and the
+    2-worker run logs one MLflow run with the same metric names."""
+    runs = {}
+    for name, extra in (("w2", ["--workers", "2"]), ("m2", ["--set", "micro_batches=2"]), ("w1", [])):
+        uri = f"sqlite:///{tmp_path / name}.db"
+        done = run_bench([*RUN, "--tracking-uri", uri, *extra], tmp_path, timeout=400)
+        assert done.returncode == 0, done.stderr[-3000:]
+        runs[name] = _history(uri)
+    (w2, loss_w2, tf_w2), (m2, loss_m2, tf_m2), (w1, loss_w1, tf_w1) = runs["w2"], runs["m2"], runs["w1"]
+    assert len(loss_w2) == 30 and torch.allclose(torch.tensor(loss_w2), torch.tensor(loss_m2), rtol=1e-4, atol=1e-7)
+    assert loss_w2 != loss_w1  # other streams: another (equally valid) draw of the same global batch
+    assert tf_w2 == tf_m2 == tf_w1
+    assert w2.data.params["workers"] == "2" and w1.data.params["workers"] == "1"
+    assert w2.data.params["method.batch_size"] == w1.data.params["method.batch_size"] == "16"
+    assert {k for k in w2.data.metrics if not k.startswith("system/")} == \
+        {k for k in w1.data.metrics if not k.startswith("system/")}  # system metrics: every 10 s
+    assert abs(w2.data.metrics["fid"] - m2.data.metrics["fid"]) < 1e-3
+
+
+def _kill_a_worker_once_a_checkpoint_exists(proc, workdirs: Path, timeout: float = 300) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline and proc.poll() is None:
+        if any(workdirs.glob("*/checkpoint_*.pt")):
+            for p in psutil.process_iter(["pid", "cmdline"]):
+                if any("RayTrainWorker" in part for part in (p.info["cmdline"] or [])):
+                    os.kill(p.info["pid"], signal.SIGKILL)
+                    return
+        time.sleep(0.2)
+    pytest.fail("no worker to kill: the run ended or never wrote a checkpoint")
+
+
+def test_a_killed_worker_fails_the_run_cleanly_and_resume_finishes_it_exactly(tmp_path):
+    """Kill one of 2 workers after the first checkpoint: the run fails in one line naming the
+    newest checkpoint; bench run --resume with 2 workers finishes it, and the resumed run's loss
+    curve from the checkpoint on equals an uninterrupted 2-worker run's."""
+    import subprocess
+    import sys
+
+    args = [*RUN[:-1], "--set", "iterations=150", "--set", "checkpoint_every=10", "--workers", "2"]
+    killed_uri, whole_uri = f"sqlite:///{tmp_path / 'killed.db'}", f"sqlite:///{tmp_path / 'whole.db'}"
+    proc = subprocess.Popen([sys.executable, "-m", "bench", *args, "--tracking-uri", killed_uri], cwd=tmp_path,
+                            env=bench_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    _kill_a_worker_once_a_checkpoint_exists(proc, tmp_path / "checkpoints")
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode != 0
+    last = err.strip().splitlines()[-1]
+    assert re.search(r"training on 2 workers failed: .*; the newest checkpoint in .* is the last good state: "
+                     r"continue with bench run --resume", last), err[-3000:]
+    resumed = run_bench([*args, "--quiet", "--tracking-uri", killed_uri, "--resume"], tmp_path, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    whole = run_bench([*args, "--quiet", "--tracking-uri", whole_uri], tmp_path, timeout=600)
+    assert whole.returncode == 0, whole.stderr[-3000:]
+    (killed, loss_killed, _), (_, loss_whole, _) = _history(killed_uri), _history(whole_uri)
+    assert killed.info.status == "FINISHED" and len(loss_killed) == len(loss_whole) == 150
+    assert torch.allclose(torch.tensor(loss_killed[-50:]), torch.tensor(loss_whole[-50:]), rtol=1e-4, atol=1e-7)
