@@ -7,7 +7,9 @@ cluster at ``--address``), each of which builds the teacher and the method as ``
 N. The shared loop (bench.train) splits every batch into streams (bench/streams.py): each
 worker draws its rows from its own generators, gradients are summed over the workers, and
 the global batch stays ``batch_size``, so a run on N workers computes what one process
-computes with N micro-batches. Rank 0 logs ``train/*`` to the run and writes the checkpoints.
+computes with N micro-batches. Rank 0 writes the checkpoints and sends its ``train/*``
+metrics through a Ray queue to the driver, which logs them to the run as a one-process run
+does: the run has one writer, and what listens to it (a sweep's ASHA) hears the same.
 
 After training the driver continues the method from the final checkpoint (nothing is left
 to train, so this only loads it) and evaluates on its own device. The evaluation is not split
@@ -28,7 +30,7 @@ from bench.errors import BenchError, first_line
 from bench.method import DistillContext
 
 
-def distill_on_workers(run_cfg, method, ctx: DistillContext, tracker) -> dict[str, float]:
+def distill_on_workers(run_cfg, method, ctx: DistillContext) -> dict[str, float]:
     """Train ``method`` on ``run_cfg.workers`` Ray Train workers; returns its cost metrics."""
     cfg = method.config
     if not hasattr(cfg, "micro_batches"):
@@ -42,11 +44,13 @@ def distill_on_workers(run_cfg, method, ctx: DistillContext, tracker) -> dict[st
         raise BenchError(f"batch_size {cfg.batch_size} does not split into {run_cfg.workers} workers x "
                          f"{cfg.micro_batches} micro-batch(es); choose a batch_size divisible by {streams}")
     _check_layout(ctx.resume_from, streams)
-    payload = {"run_cfg": run_cfg, "method_cls": type(method), "method_cfg": cfg, "uri": tracker.uri,
-               "run_id": tracker.run_id, "workdir": str(ctx.workdir), "seed": ctx.seed,
+    _init_ray(run_cfg.address)
+    from ray.util.queue import Queue
+
+    payload = {"run_cfg": run_cfg, "method_cls": type(method), "method_cfg": cfg, "metrics": Queue(actor_options={"num_cpus": 0}),
+               "workdir": str(ctx.workdir), "seed": ctx.seed,
                "resume_from": str(ctx.resume_from) if ctx.resume_from else None}
-    _fit(run_cfg, payload, Path(ctx.workdir))
-    _collect_spool(tracker)
+    _fit_relaying(run_cfg, payload, Path(ctx.workdir), ctx.log)
     final = newest_checkpoint(Path(ctx.workdir))
     if final is None:
         raise BenchError(f"the workers finished without a checkpoint in {ctx.workdir}")
@@ -54,18 +58,6 @@ def distill_on_workers(run_cfg, method, ctx: DistillContext, tracker) -> dict[st
     # to train, and so never reaches a collective call
     done = dataclasses.replace(ctx, resume_from=final, world=run_cfg.workers, progress=False)
     return dict(method.distill(done))
-
-
-def _collect_spool(tracker) -> None:
-    """What rank 0 could not log (a failing store) waits in the run's spool: sync it now, or
-    let the driver's tracker keep spooling behind it."""
-    from bench.spool import pending, sync
-
-    if tracker.offline is None and pending(tracker.spool):
-        try:
-            sync(tracker.spool, client=tracker.client)
-        except BenchError as exc:
-            tracker.offline = str(exc)
 
 
 def _check_layout(checkpoint, streams: int) -> None:
@@ -79,19 +71,51 @@ def _check_layout(checkpoint, streams: int) -> None:
                          f"the same count; resume with workers x micro_batches = {saved}")
 
 
-def _fit(run_cfg, payload: dict, workdir: Path) -> None:
+def _init_ray(address) -> None:
+    """A local Ray, or the cluster at ``address``; inside a sweep trial, the sweep's own."""
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     import ray
+
+    if ray.is_initialized():
+        return
+    try:
+        ray.init(address=address, include_dashboard=False, log_to_driver=False,
+                 configure_logging=True, logging_level="WARNING")
+    except ConnectionError as exc:
+        raise BenchError(f"cannot reach the Ray cluster at {address}: {first_line(exc)}; "
+                         f"check --address (ray status on the head node prints it)") from None
+
+
+def _fit_relaying(run_cfg, payload: dict, workdir: Path, log) -> None:
+    """Train on the workers in a helper thread while this one logs what rank 0 sends."""
+    import threading
+
+    from ray.util.queue import Empty
+
+    failure: list[BaseException] = []
+
+    def fit():
+        try:
+            _fit(run_cfg, payload, workdir)
+        except BaseException as exc:  # re-raised below, in the caller's thread
+            failure.append(exc)
+
+    worker = threading.Thread(target=fit, name="bench-workers", daemon=True)
+    worker.start()
+    queue = payload["metrics"]
+    while worker.is_alive() or not queue.empty():
+        try:
+            log(*queue.get(timeout=0.2))
+        except Empty:
+            continue
+    if failure:
+        raise failure[0]
+
+
+def _fit(run_cfg, payload: dict, workdir: Path) -> None:
     from ray.train import FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    if not ray.is_initialized():
-        try:
-            ray.init(address=run_cfg.address, include_dashboard=False, log_to_driver=False,
-                     configure_logging=True, logging_level="WARNING")
-        except ConnectionError as exc:
-            raise BenchError(f"cannot reach the Ray cluster at {run_cfg.address}: {first_line(exc)}; "
-                             f"check --address (ray status on the head node prints it)") from None
     gpus = run_cfg.gpus_per_worker
     scaling = ScalingConfig(num_workers=run_cfg.workers, use_gpu=gpus > 0,
                             resources_per_worker={"CPU": 1, **({"GPU": gpus} if gpus else {})})
@@ -134,7 +158,7 @@ def train_worker(payload: dict[str, Any]) -> None:
     method, run_cfg = make_method(run_cfg, payload["method_cls"], payload["method_cfg"], teacher, device)
     log, quick = (lambda metrics, step: None), None
     if rank == 0:
-        log, quick = _lead(run_cfg, payload, teacher, device)
+        log, quick = (lambda metrics, step: payload["metrics"].put((metrics, step))), _quick(run_cfg, teacher, device)
     workdir = Path(payload["workdir"])
     # a restarted worker group (worker_retries) continues from the run's own newest checkpoint
     resume = newest_checkpoint(workdir) or payload["resume_from"]
@@ -144,15 +168,10 @@ def train_worker(payload: dict[str, Any]) -> None:
     method.distill(ctx)
 
 
-def _lead(run_cfg, payload: dict, teacher, device):
-    """Rank 0's logger (into the driver's MLflow run, spooled like it) and quick evaluation."""
-    from mlflow.tracking import MlflowClient
-
+def _quick(run_cfg, teacher, device):
+    """Rank 0's quick evaluation during training (the reference is the driver's, from the cache)."""
     from bench.features import get_extractor
     from bench.run import _quick_eval, _reference
-    from bench.spool import SpooledRun
 
-    tracker = SpooledRun(MlflowClient(payload["uri"]), payload["run_id"], payload["uri"], Path(payload["workdir"]))
     extractor = get_extractor(teacher.features, inception_weights=run_cfg.inception_weights, device=str(device))
-    ref = _reference(run_cfg, teacher, extractor, device)  # the driver's, from the cache
-    return tracker.log_metrics, _quick_eval(teacher, extractor, ref, run_cfg, device)
+    return _quick_eval(teacher, extractor, _reference(run_cfg, teacher, extractor, device), run_cfg, device)

@@ -182,7 +182,7 @@ def _distill(run_cfg: RunConfig, method, ctx: DistillContext, tracker) -> dict[s
     if run_cfg.workers > 1:
         from bench.parallel import distill_on_workers
 
-        cost = distill_on_workers(run_cfg, method, ctx, tracker)
+        cost = distill_on_workers(run_cfg, method, ctx)
     else:
         cost = dict(method.distill(ctx))
     cost["distill_seconds"] = time.perf_counter() - start
