@@ -118,7 +118,7 @@ def _fit(run_cfg, payload: dict, workdir: Path) -> None:
 
     gpus = run_cfg.gpus_per_worker
     scaling = ScalingConfig(num_workers=run_cfg.workers, use_gpu=gpus > 0,
-                            resources_per_worker={"CPU": 1, **({"GPU": gpus} if gpus else {})})
+                            resources_per_worker={"CPU": run_cfg.cpus_per_worker, **({"GPU": gpus} if gpus else {})})
     trainer = TorchTrainer(train_worker, train_loop_config=payload, scaling_config=scaling,
                            run_config=RunConfig(name="workers", storage_path=str((workdir / "ray").resolve()),
                                                 failure_config=FailureConfig(max_failures=run_cfg.worker_retries)))
@@ -152,7 +152,7 @@ def train_worker(payload: dict[str, Any]) -> None:
     run_cfg, context = payload["run_cfg"], ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
     device = ray.train.torch.get_device() if run_cfg.gpus_per_worker else torch.device("cpu")
-    torch.set_num_threads(1 if device.type == "cpu" else torch.get_num_threads())
+    torch.set_num_threads(max(1, int(run_cfg.cpus_per_worker)))
     torch.manual_seed(run_cfg.seed)  # as run(): every worker starts from the same weights
     teacher = load_teacher(run_cfg.teacher, run_cfg.teacher_path, device=str(device)).to(device)
     method, run_cfg = make_method(run_cfg, payload["method_cls"], payload["method_cfg"], teacher, device)

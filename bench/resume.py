@@ -33,7 +33,7 @@ REEVALUATES_TAG = "bench.reevaluates"
 # not what a run computes: where and what it logs, where it trains (workers split the batch's
 # random streams, bench/streams.py; a resume on another layout is refused by the trainer)
 UNHASHED = ("tracking_uri", "system_metrics", "register", "workers", "gpus_per_worker", "address",
-            "worker_retries")
+            "worker_retries", "cpus_per_worker")
 EVAL_ONLY = tuple(f.name for f in dataclasses.fields(RunConfig) if f.metadata.get("eval_only"))
 
 

@@ -48,6 +48,7 @@ class RunConfig:
     workers: int = option(1, "data-parallel training workers on Ray Train (bench/parallel.py); the global "
                              "batch stays batch_size, split over them")
     gpus_per_worker: float = option(0.0, "GPUs per worker (0: CPU workers with gloo; else NCCL)")
+    cpus_per_worker: float = option(1.0, "CPUs Ray reserves per worker (its torch threads: the whole part)")
     address: Optional[str] = option(None, "an existing Ray cluster for the workers (e.g. 10.0.0.1:6379; "
                                           "default: a local Ray)")
     worker_retries: int = option(0, "restarts of the workers after one dies (Ray Train's FailureConfig), "
@@ -63,9 +64,10 @@ class RunConfig:
         check_choices(self)  # types first: the checks below compare numbers
         if self.nfe is not None and (not self.nfe or min(self.nfe) < 1):
             raise ValueError(f"every NFE must be >= 1, got {','.join(map(str, self.nfe)) or 'none'}")
-        if self.workers < 1 or self.gpus_per_worker < 0 or self.worker_retries < 0:
-            raise ValueError(f"workers must be >= 1, gpus_per_worker and worker_retries >= 0, got "
-                             f"{self.workers}, {self.gpus_per_worker} and {self.worker_retries}")
+        if self.workers < 1 or min(self.gpus_per_worker, self.worker_retries) < 0 or self.cpus_per_worker <= 0:
+            raise ValueError(f"workers must be >= 1, gpus_per_worker and worker_retries >= 0 and "
+                             f"cpus_per_worker > 0, got {self.workers}, {self.gpus_per_worker}, "
+                             f"{self.worker_retries} and {self.cpus_per_worker}")
         if self.num_samples < 2 or self.batch_size < 1:
             raise ValueError("num_samples must be >= 2 and batch_size >= 1")
         if not 0 <= self.seed < SEED_LIMIT:

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Optional
 
 from bench.errors import BenchError
-from sweeps.spec import SweepSpec
+from sweeps.spec import TRIAL_CPU_WITH_WORKERS, SweepSpec
 
 STATE = "bench_sweep.json"  # in the Ray experiment folder: the parent run and the store
 
@@ -114,7 +114,7 @@ def _tuner(spec: SweepSpec, parent_run_id: str, uri: str, exp_dir: Path, resume:
 
     trainable = tune.with_resources(
         tune.with_parameters(run_trial, spec=spec, parent_run_id=parent_run_id, tracking_uri=uri),
-        {"cpu": spec.resources.get("cpu", 1), "gpu": spec.resources.get("gpu", 0)})
+        trial_resources(spec))
     if resume and tune.Tuner.can_restore(str(exp_dir)):
         # finished trials keep their results; unfinished and errored ones continue from checkpoints
         return tune.Tuner.restore(str(exp_dir), trainable, resume_unfinished=True, resume_errored=True)
@@ -130,6 +130,14 @@ def _tuner(spec: SweepSpec, parent_run_id: str, uri: str, exp_dir: Path, resume:
         checkpoint_config=tune.CheckpointConfig(num_to_keep=3))
     return tune.Tuner(trainable, param_space=param_space(spec), tune_config=tune_config,
                       run_config=run_config)
+
+
+def trial_resources(spec: SweepSpec) -> dict[str, float]:
+    """What a trial reserves itself; with workers, they reserve their own (cpus_per_worker and
+    gpus_per_worker each, through Ray Train) and the trial little."""
+    workers = spec.resources.get("workers", spec.run.get("workers", 1))
+    cpu = spec.resources.get("cpu", TRIAL_CPU_WITH_WORKERS if workers > 1 else 1)
+    return {"cpu": cpu, "gpu": spec.resources.get("gpu", 0)}
 
 
 def _searcher(spec: SweepSpec):

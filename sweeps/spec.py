@@ -16,7 +16,8 @@ search: optuna                 # optuna (TPE), random or grid
 scheduler: {type: asha, grace_period: 100, reduction_factor: 2}   # or: none
 num_samples: 8                 # trials (grid: repeats of the whole grid)
 max_concurrent: 2
-resources: {cpu: 1, gpu: 0}
+resources: {cpu: 1, gpu: 0}    # per trial; {workers: 4, gpus_per_worker: 1}: each trial a
+                               # Ray Train run of 4 workers (bench run --workers)
 time_budget_s: 540
 max_failures: 1                # a failed trial is retried this many times
 storage_path: sweep_results    # trial checkpoints and Ray's experiment state
@@ -33,6 +34,8 @@ from bench.errors import BenchError
 DISTRIBUTIONS = {"choice": "a non-empty list of values", "uniform": "[low, high]",
                  "loguniform": "[low, high] with 0 < low", "randint": "[low, high) integers"}
 SEARCHERS = ("optuna", "random", "grid")
+RESOURCES = ("cpu", "gpu", "workers", "gpus_per_worker", "cpus_per_worker")
+TRIAL_CPU_WITH_WORKERS = 0.1  # a trial whose workers train only waits and relays their metrics
 KEYS = {"name", "method", "teacher", "run", "set", "metric", "nfe", "mode", "space", "search",
         "scheduler", "num_samples", "max_concurrent", "resources", "time_budget_s", "max_failures",
         "storage_path", "seed"}
@@ -60,6 +63,7 @@ class SweepSpec:
     scheduler: Scheduler = Scheduler()
     num_samples: int = 8
     max_concurrent: int = 1
+    # the trial's own cpu and gpu; workers and gpus_per_worker: each trial trains on Ray Train
     resources: dict[str, float] = dataclasses.field(default_factory=lambda: {"cpu": 1, "gpu": 0})
     time_budget_s: Optional[float] = None
     max_failures: int = 1
@@ -172,6 +176,7 @@ def _validate(data: dict, where: _Where) -> SweepSpec:
         raise where.error(("search",), f"must be one of {', '.join(SEARCHERS)}, got {values['search']!r}")
     if values.get("search") == "grid" and any(d != "choice" for d, _ in space.values()):
         raise where.error(("search",), "grid search needs every space entry to be a choice list")
+    _check_resources(values, where)
     clash = set(space) & set(values.get("set", {}))
     if clash:
         raise where.error(("space", sorted(clash)[0]), "is both searched and fixed in set:; keep one")
@@ -179,6 +184,20 @@ def _validate(data: dict, where: _Where) -> SweepSpec:
     if budget is not None and (not isinstance(budget, (int, float)) or budget <= 0):
         raise where.error(("time_budget_s",), f"must be a positive number of seconds, got {budget!r}")
     return SweepSpec(space=space, source=where.path, **values)
+
+
+def _check_resources(values: dict, where: _Where) -> None:
+    resources = values.get("resources", {})
+    for key, value in resources.items():
+        if key not in RESOURCES:
+            raise where.error(("resources", key), f"unknown key; known: {', '.join(RESOURCES)}")
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0:
+            raise where.error(("resources", key), f"must be a number >= 0, got {value!r}")
+    if not isinstance(resources.get("workers", 1), int) or resources.get("workers", 1) < 1:
+        raise where.error(("resources", "workers"), f"must be an integer >= 1, got {resources['workers']!r}")
+    for key in ("workers", "gpus_per_worker", "cpus_per_worker"):
+        if key in resources and key in values.get("run", {}):
+            raise where.error(("resources", key), "is also set in run:; keep one")
 
 
 def _space(raw: Any, where: _Where) -> dict[str, tuple[str, tuple]]:

@@ -37,7 +37,9 @@ def run_trial(config: dict, spec: SweepSpec, parent_run_id: str, tracking_uri: s
         # driver died comes back as unfinished. It is not rerun; its result is reported again.
         return _report_finished(spec, previous, tracking_uri, context.get_trial_id())
     run_cfg = cfgs.replace(RunConfig(method=spec.method, teacher=spec.teacher), spec.run, what="run")
-    run_cfg = cfgs.replace(run_cfg, {"tracking_uri": tracking_uri}, what="run")
+    placement = {k: spec.resources[k] for k in ("workers", "gpus_per_worker", "cpus_per_worker")
+                 if k in spec.resources}
+    run_cfg = cfgs.replace(run_cfg, {"tracking_uri": tracking_uri, **placement}, what="run")
     overrides = _overrides(spec, config, run_cfg)
     reporter = Reporter(spec, context.get_trial_id())
     tags = {"mlflow.parentRunId": parent_run_id, "sweep.name": spec.name,

@@ -210,3 +210,23 @@ def test_kill_the_driver_then_resume(tmp_path):
     assert all(m.value in after[m.step] for m in loss_before)
     relogged = len(loss_after) - len(after)
     assert relogged <= 100 // 20, f"{relogged} steps logged twice: restarted instead of continuing"
+
+
+def test_a_sweep_of_trials_on_two_workers_each(tmp_path):
+    """resources: {workers: 2, cpus_per_worker: 0.5}: each trial is a Ray Train run of 2 gloo
+    workers (with the trial's own 0.1 CPU, 1.1 of the 2 cores Ray counts here); ASHA still hears train/fid by step, relayed from
+    rank 0 through the trial's run."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    spec = tiny_spec(tmp_path, num_samples=2, max_concurrent=1, resources="{workers: 2, cpus_per_worker: 0.5}",
+                     set="{iterations: 60, eval_every: 30, eval_samples: 100, mlp_width: 64, log_every: 10, "
+                         "batch_size: 16}")
+    out = subprocess.run(BENCH + ["sweep", str(spec), "--tracking-uri", uri, "--quiet"],
+                         env=ENV, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    client, parent, kids = children(uri)
+    assert len(kids) == 2 and {k.data.params["workers"] for k in kids} == {"2"}
+    for kid in kids:
+        steps = [m.step for m in client.get_metric_history(kid.info.run_id, "train/fid")]
+        assert steps[:1] == [30], steps  # the first rung's value reached the run, and with it ASHA
+    finished = [k for k in kids if k.info.status == "FINISHED"]
+    assert finished and all("fid" in k.data.metrics for k in finished)
