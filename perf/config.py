@@ -8,6 +8,7 @@ from typing import Optional
 from bench.config import check_choices, option
 
 SECTIONS = ("train", "sample", "eval")
+OPT_IN = ("scale",)  # starts Ray: asked for by name
 ARCH_NAMES = ("cifar10", "lsun_bedroom", "lsun_church", "celebahq")
 ARMS = ("off", "on", "both")
 
@@ -32,7 +33,8 @@ class PerfConfig:
     arch: Optional[str] = option(None, "hub architecture with random weights (throughput only)",
                                  choices=ARCH_NAMES)
     device: str = option("auto", "auto, cpu, cuda or cuda:N")
-    sections: tuple[str, ...] = option(SECTIONS, "what to measure", choices=SECTIONS)
+    sections: tuple[str, ...] = option(SECTIONS, "what to measure (scale: images/s on 1, 2, ... Ray Train "
+                                                 "workers, the first trained method)", choices=SECTIONS + OPT_IN)
     methods: tuple[str, ...] = option(("boot", "progressive"), "methods to time (registered names); "
                                       "training for those that train, sampling at their NFEs among --nfe")
     batch_size: int = option(64, "training batch size")
@@ -52,6 +54,9 @@ class PerfConfig:
     reference_samples: int = option(1000, "n of the data-free reference built by the first evaluation")
     reference_steps: int = option(64, "DDIM steps of that reference")
     log_every: int = option(10, "logged arm: MLflow calls every N steps, as in a run (TrainConfig.log_every)")
+    workers: tuple[int, ...] = option((1, 2), "worker counts of the scale section (1 first: the base of "
+                                              "the efficiency)")
+    gpus_per_worker: float = option(0.0, "GPUs per worker in the scale section (0: CPU workers, gloo)")
     peak_tflops: Optional[float] = option(None, "peak for MFU (default: data sheet by GPU name, else measured)")
 
     def __post_init__(self):
@@ -60,6 +65,8 @@ class PerfConfig:
             raise ValueError("give --teacher or --arch, not both")
         if min(self.batch_size, self.steps, self.blocks, self.sample_batch_size, self.repeats) < 1:
             raise ValueError("batch sizes, --steps, --blocks and --repeats must be >= 1")
+        if not self.workers or min(self.workers) < 1:
+            raise ValueError("--workers needs worker counts >= 1")
         if not self.methods:
             raise ValueError("--methods needs at least one method")
 

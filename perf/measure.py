@@ -63,6 +63,16 @@ def _train(cfg: PerfConfig, teacher, device, log_fn, extra: dict) -> dict[str, f
     return out
 
 
+def _scale(cfg: PerfConfig) -> dict[str, float]:
+    from perf.scale import measure_scaling
+
+    trained = _trained(cfg)
+    if not trained:
+        return {}
+    return measure_scaling(trained[0], cfg.teacher, cfg.arch, {"batch_size": cfg.batch_size, "precision": cfg.precision},
+                           cfg.workers, cfg.steps, cfg.warmup, cfg.blocks, cfg.gpus_per_worker)
+
+
 def _sample(cfg: PerfConfig, teacher, device) -> dict[str, float]:
     from perf.sample import measure_sampling
 
@@ -91,6 +101,8 @@ def measure(cfg: PerfConfig, log_fn=None) -> tuple[dict[str, float], dict[str, s
         metrics.update(_progress("train", lambda: _train(cfg, teacher, device, log_fn, params)))
     if "sample" in cfg.sections:
         metrics.update(_progress("sample", lambda: _sample(cfg, teacher, device)))
+    if "scale" in cfg.sections:
+        metrics.update(_progress("scale", lambda: _scale(cfg)))
     if "eval" in cfg.sections:
         from perf.sample import measure_evaluation
 

@@ -77,6 +77,8 @@ def forward_flops(teacher: Teacher, batch: int = 1) -> float:
 
     from torch.utils.flop_counter import FlopCounterMode
 
+    if not any(True for _ in teacher.net.parameters()):
+        return 0.0  # an exact teacher: closed-form arithmetic, not a network (nor meta-traceable)
     net = copy.deepcopy(teacher.net).to("meta")
     x = torch.empty((batch,) + teacher.sample_shape, device="meta")
     with FlopCounterMode(display=False) as counter, torch.no_grad():

@@ -172,3 +172,21 @@ def test_step_flops_count_every_update_of_a_stages_parts():
 
     f1, f3, f5 = flops(1), flops(3), flops(5)
     assert f3 - f1 == f5 - f3 > 0 and f1 > (f3 - f1) / 2
+
+
+def test_scale_section_times_one_and_two_workers(tmp_path):
+    """bench perf --sections scale: images/s on 1 and 2 Ray Train workers at the same global
+    batch, and the efficiency against linear (1 for one worker by definition). In a subprocess:
+    Ray's processes stay out of pytest's."""
+    out = tmp_path / "perf.json"
+    done = subprocess.run([sys.executable, "-m", "bench", "perf", "--teacher", "gaussian", "--sections", "scale",
+                           "--methods", "boot", "--workers", "1,2", "--steps", "2", "--blocks", "1", "--warmup", "1",
+                           "--batch-size", "16", "--no-mlflow", "--json", str(out)],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=400,
+                          env={**os.environ, "OMP_NUM_THREADS": "1", "RAY_AUTH_MODE": "disabled"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    figures = json.loads(out.read_text())["metrics"]
+    assert figures["boot_scale_efficiency_w1"] == 1.0
+    w1, w2 = figures["boot_scale_images_per_second_w1"], figures["boot_scale_images_per_second_w2"]
+    assert w1 > 0 and w2 > 0
+    assert figures["boot_scale_efficiency_w2"] == pytest.approx(w2 / (2 * w1))
