@@ -158,3 +158,27 @@ def test_a_killed_worker_fails_the_run_cleanly_and_resume_finishes_it_exactly(tm
     (killed, loss_killed, _), (_, loss_whole, _) = _history(killed_uri), _history(whole_uri)
     assert killed.info.status == "FINISHED" and len(loss_killed) == len(loss_whole) == 150
     assert torch.allclose(torch.tensor(loss_killed[-50:]), torch.tensor(loss_whole[-50:]), rtol=1e-4, atol=1e-7)
+
+
+def test_two_networks_split_both_batches(tmp_path):
+    """DMD2 (generator and fake score): with 2 micro-batches both networks' updates draw half
+    the rows per stream, the teacher-forward count equals one stream's, and training runs."""
+    from bench.teachers import load_teacher
+    from methods.dmd2 import DMD2
+
+    counts = {}
+    for m in (1, 2):
+        torch.manual_seed(0)
+        method = DMD2(load_teacher("gaussian"), cfgs.replace(DMD2.Config(), {
+            "iterations": 3, "batch_size": 8, "micro_batches": m, "checkpoint_every": 0, "eval_every": 0,
+            "fake_warmup": 0, "fake_updates": 2, "mlp_width": 16}), CPU)
+        drawn = []
+        noise = method.noise
+        method.noise = lambda n, gen: drawn.append(n) or noise(n, gen)
+        trainer = Trainer(method.training_stage(), DistillContext(log=lambda *_: None, device=CPU, workdir=tmp_path,
+                                                                  progress=False))
+        trainer.fit()
+        counts[m] = trainer.total.teacher_forwards
+        assert set(drawn) == {8 // m} and len(drawn) == 3 * (2 + 1) * m  # fake, fake, generator per step
+        assert all(torch.isfinite(p).all() for p in method.G.parameters())
+    assert counts[1] == counts[2] == 3 * 8
