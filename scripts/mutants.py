@@ -39,6 +39,7 @@ class Mutant:
 M = Mutant
 C = "methods/consistency.py"
 DM, SD, MA, TR = "methods/dmd2.py", "methods/sid.py", "bench/matching.py", "bench/train.py"
+ST = "bench/streams.py"
 P = "bench/portable.py"  # what ships inside student models; methods/consistency.py imports from it
 MUTANTS = [
     # BOOT (methods/boot.py)
@@ -100,6 +101,12 @@ MUTANTS = [
     M(MA, "if step < self.warmup:", "if step < 0:", "fake-score warm-up ignored"),
     M(MA, "cfg.fake_lr or cfg.lr", "cfg.lr", "fake_lr ignored"),
     M(TR, "            for _ in range(part.updates):", "            for _ in range(1):", "loop ignores a part's updates per step"),
+    # a step's batch as streams (bench/streams.py, bench/train.py): micro-batches and workers
+    M(TR, "loss = losses.float().mean() / self.streams.count", "loss = losses.float().mean()", "a stream's loss counted whole, not as 1/S of the batch"),
+    M(TR, "forwards + teacher_forwards * len(losses)", "forwards + teacher_forwards", "teacher forwards counted per stream, not per row"),
+    M(ST, "        return int(seed)\n", "        return int(seed) + 1\n", "stream 0 is not the run's seed"),
+    M(ST, "first = self.rank * self.micro_batches", "first = self.rank", "ranks' streams overlap"),
+    M(ST, "self.rows = self.batch_size // total", "self.rows = self.batch_size // self.micro_batches", "workers each draw a whole micro-batch of the global batch"),
     # consistency distillation (methods/consistency.py; P: bench/portable.py, shared with the shipped student)
     M(P, "c_skip = sigma_data ** 2 / (u ** 2 + sigma_data ** 2)", "c_skip = sigma_data / (u ** 2 + sigma_data ** 2)", "CD c_skip with sigma_data not squared"),
     M(P, "c_skip = sigma_data ** 2 / (u ** 2 + sigma_data ** 2)", "c_skip = sigma_data ** 2 / (u + sigma_data ** 2)", "CD c_skip with u not squared"),

@@ -25,12 +25,14 @@ from conftest import bench_env, run_bench
 CPU = torch.device("cpu")
 
 
+@pytest.mark.fast
 def test_stream_zero_is_the_seed_and_others_differ():
     assert stream_seed(7, 0) == 7
     seeds = {stream_seed(7, k) for k in range(4)} | {stream_seed(8, k) for k in range(1, 4)}
     assert len(seeds) == 7 and all(0 <= s < 2**63 for s in seeds)
 
 
+@pytest.mark.fast
 def test_ranks_hold_consecutive_streams_and_equal_rows():
     ranks = [Streams(3, 24, micro_batches=2, rank=r, world=3) for r in range(3)]
     assert [sorted(s.gens) for s in ranks] == [[0, 1], [2, 3], [4, 5]]
@@ -54,6 +56,7 @@ def _linear_trainer(tmp_path, micro_batches: int, **overrides):
     return Trainer(TrainStage(model, loss, cfg), ctx), model, x_all
 
 
+@pytest.mark.fast
 def test_micro_batches_accumulate_the_gradient_of_the_whole_batch(tmp_path):
     """Two micro-batches of 4 rows, from streams 0 and 1: the gradient is that of the mean loss
     over all 8 rows (each stream's own rows, drawn here independently of the trainer)."""
@@ -72,6 +75,7 @@ def test_micro_batches_accumulate_the_gradient_of_the_whole_batch(tmp_path):
     assert trainer.total.teacher_forwards == 8  # both micro-batches counted, per row
 
 
+@pytest.mark.fast
 def test_a_checkpoint_continues_only_with_the_same_stream_count(tmp_path):
     trainer, _, _ = _linear_trainer(tmp_path / "a", 2, checkpoint_every=1)
     trainer.fit()
@@ -160,6 +164,7 @@ def test_a_killed_worker_fails_the_run_cleanly_and_resume_finishes_it_exactly(tm
     assert torch.allclose(torch.tensor(loss_killed[-50:]), torch.tensor(loss_whole[-50:]), rtol=1e-4, atol=1e-7)
 
 
+@pytest.mark.fast
 def test_two_networks_split_both_batches(tmp_path):
     """DMD2 (generator and fake score): with 2 micro-batches both networks' updates draw half
     the rows per stream, the teacher-forward count equals one stream's, and training runs."""
