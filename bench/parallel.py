@@ -146,7 +146,7 @@ def train_worker(payload: dict[str, Any]) -> None:
     import ray.train
     import ray.train.torch
 
-    from bench.run import make_method
+    from bench.assemble import make_method
     from bench.teachers import load_teacher
 
     run_cfg, context = payload["run_cfg"], ray.train.get_context()
@@ -170,8 +170,8 @@ def train_worker(payload: dict[str, Any]) -> None:
 
 def _quick(run_cfg, teacher, device):
     """Rank 0's quick evaluation during training (the reference is the driver's, from the cache)."""
+    from bench.assemble import quick_eval, run_reference
     from bench.features import get_extractor
-    from bench.run import _quick_eval, _reference
 
     extractor = get_extractor(teacher.features, inception_weights=run_cfg.inception_weights, device=str(device))
-    return _quick_eval(teacher, extractor, _reference(run_cfg, teacher, extractor, device), run_cfg, device)
+    return quick_eval(teacher, extractor, run_reference(run_cfg, teacher, extractor, device), run_cfg, device)

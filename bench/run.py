@@ -16,45 +16,19 @@ from typing import Any, Callable, Mapping, Optional
 import torch
 
 from bench import config as cfgs
+from bench.assemble import build_method, make_method, quick_eval, resolve_device, run_reference
 from bench.checkpoints import read_checkpoint
-from bench.errors import BenchError, first_line
+from bench.errors import BenchError
 from bench.method import DistillContext
 from bench.run_config import RunConfig
 
 __all__ = ["RunConfig", "RunHooks", "RunResult", "build_method", "make_method", "resolve_device", "run"]
 
 
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise BenchError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise BenchError("--device cuda requested but no CUDA device is visible; use --device cpu")
-    return device
 
 
-def build_method(run_cfg: RunConfig, overrides: Mapping[str, Any]):
-    """(method class, method config) with ``--set`` overrides applied; validates early."""
-    from bench.registry import METHODS
-
-    cls = METHODS.get(run_cfg.method)
-    return cls, cfgs.replace(cls.Config(), overrides, what=f"{run_cfg.method} config")
 
 
-def make_method(run_cfg: RunConfig, method_cls, method_cfg, teacher, device):
-    """(method on ``teacher``, run config with its NFEs resolved); what only this teacher rules
-    out (e.g. BOOT's t_max beyond its steps, an NFE beyond them) is a BenchError."""
-    try:
-        method = method_cls(teacher, method_cfg, device)
-    except ValueError as exc:
-        raise BenchError(f"{run_cfg.method} config does not fit teacher {run_cfg.teacher!r}: {first_line(exc)}") from None
-    run_cfg = dataclasses.replace(run_cfg, nfe=run_cfg.nfe or method.default_nfe())
-    for k in run_cfg.nfe:
-        method.check_nfe(k)
-    return method, run_cfg
 
 
 @dataclasses.dataclass
@@ -128,7 +102,7 @@ def _tracked(run_cfg, method, teacher, extractor, ref, device, progress, hooks) 
         tracker.log_params({**params, "reference.resolved": ref.description, "reference.n": ref.n})
         ctx = DistillContext(log=_logger(tracker, hooks.on_metrics), device=device, seed=run_cfg.seed,
                              workdir=tracker.workdir, progress=progress, resume_from=hooks.checkpoint,
-                             quick_eval=_quick_eval(teacher, extractor, ref, run_cfg, device),
+                             quick_eval=quick_eval(teacher, extractor, ref, run_cfg, device),
                              teacher_fault=teacher.nonfinite)
         cost = _distill(run_cfg, method, ctx, tracker)
         rows = _evaluate_all(run_cfg, method, teacher, extractor, ref, device, progress)
@@ -153,7 +127,7 @@ def _prepare(run_cfg: RunConfig, teacher, extractor, device):
                          f"{fault}; no training or evaluation of it can give a valid number: check its weights")
     check_evaluation(run_cfg.num_samples, extractor.dim, run_cfg.metrics,
                      reference_has_features=not run_cfg.reference.startswith("stats:"))
-    return _reference(run_cfg, teacher, extractor, device)
+    return run_reference(run_cfg, teacher, extractor, device)
 
 
 def _label(run_cfg: RunConfig, method) -> str:
@@ -169,12 +143,6 @@ def _params(run_cfg: RunConfig, method, device, teacher, extractor) -> dict:
             **teacher.provenance.as_params(), **cfgs.to_params(method.config, "method.")}
 
 
-def _reference(run_cfg: RunConfig, teacher, extractor, device):
-    from bench.reference import build_reference
-
-    return build_reference(run_cfg.reference, teacher, extractor, n=run_cfg.reference_samples,
-                           steps=run_cfg.reference_steps, seed=run_cfg.seed,
-                           batch_size=run_cfg.batch_size, device=device)
 
 
 def _distill(run_cfg: RunConfig, method, ctx: DistillContext, tracker) -> dict[str, float]:
@@ -209,22 +177,6 @@ def _logger(tracker, listener):
     return log
 
 
-def _quick_eval(teacher, extractor, ref, run_cfg, device):
-    """FID of a sampler on n samples during training (the final evaluation's first n seeds);
-    n is raised to the feature dimension where smaller, since FID is undefined below it."""
-    from bench.eval_checks import NonFinite
-    from bench.evaluator import SampleSpec, evaluate
-
-    def quick(sampler, n: int) -> float:
-        spec = SampleSpec(teacher.sample_shape, max(n, extractor.dim, 2), run_cfg.seed, run_cfg.batch_size, device)
-        try:
-            with torch.no_grad():
-                return evaluate(sampler, spec, ref, extractor, metrics=("fid",), keep_samples=0).fid
-        except NonFinite as exc:
-            raise BenchError(f"the quick evaluation during training found the student diverged: {exc}; "
-                             f"lower lr and continue with --resume-from the newest checkpoint") from None
-
-    return quick
 
 
 def _fidelity_anchor(run_cfg, teacher, device) -> Optional[torch.Tensor]:
