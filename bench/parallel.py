@@ -47,7 +47,8 @@ def distill_on_workers(run_cfg, method, ctx: DistillContext) -> dict[str, float]
     _init_ray(run_cfg.address)
     from ray.util.queue import Queue
 
-    payload = {"run_cfg": run_cfg, "method_cls": type(method), "method_cfg": cfg, "metrics": Queue(actor_options={"num_cpus": 0}),
+    payload = {"run_cfg": run_cfg, "method_cls": type(method), "method_cfg": cfg,
+               "metrics": Queue(actor_options={"num_cpus": 0}),  # rank 0's train/* to this process
                "workdir": str(Path(ctx.workdir).resolve()), "seed": ctx.seed,  # workers' cwd is Ray's
                "resume_from": str(ctx.resume_from) if ctx.resume_from else None}
     _fit_relaying(run_cfg, payload, Path(ctx.workdir), ctx.log)

@@ -69,8 +69,9 @@ def _scale(cfg: PerfConfig) -> dict[str, float]:
     trained = _trained(cfg)
     if not trained:
         return {}
-    return measure_scaling(trained[0], cfg.teacher, cfg.arch, {"batch_size": cfg.batch_size, "precision": cfg.precision},
-                           cfg.workers, cfg.steps, cfg.warmup, cfg.blocks, cfg.gpus_per_worker)
+    overrides = {"batch_size": cfg.batch_size, "precision": cfg.precision}
+    return measure_scaling(trained[0], cfg.teacher, cfg.arch, overrides, cfg.workers, cfg.steps, cfg.warmup,
+                           cfg.blocks, cfg.gpus_per_worker)
 
 
 def _sample(cfg: PerfConfig, teacher, device) -> dict[str, float]:

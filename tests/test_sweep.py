@@ -214,8 +214,8 @@ def test_kill_the_driver_then_resume(tmp_path):
 
 def test_a_sweep_of_trials_on_two_workers_each(tmp_path):
     """resources: {workers: 2, cpus_per_worker: 0.5}: each trial is a Ray Train run of 2 gloo
-    workers (with the trial's own 0.1 CPU, 1.1 of the 2 cores Ray counts here); ASHA still hears train/fid by step, relayed from
-    rank 0 through the trial's run."""
+    workers (with the trial's own 0.1 CPU, 1.1 of the 2 cores Ray counts here); ASHA still hears
+    train/fid by step, relayed from rank 0 through the trial's run."""
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     spec = tiny_spec(tmp_path, num_samples=2, max_concurrent=1, resources="{workers: 2, cpus_per_worker: 0.5}",
                      set="{iterations: 60, eval_every: 30, eval_samples: 100, mlp_width: 64, log_every: 10, "
