@@ -40,13 +40,18 @@ T_MIN = -1  # the data end of the time axis (alpha = 1, sigma = 0): a consistenc
 
 
 class TimeMLP(nn.Module):
-    """MLP student for vector data: [x, sinusoidal(t / T)] -> prediction of the same size."""
+    """MLP student for vector data: [x, sinusoidal(t / T), class embedding] -> prediction of the
+    same size. With ``num_classes`` the class c enters as a learned embedding (row c; row
+    ``num_classes`` stands for no class, cond None); without, the condition is ignored."""
 
-    def __init__(self, dim: int, T: int, width: int = 256, depth: int = 3, freqs: int = 16):
+    def __init__(self, dim: int, T: int, width: int = 256, depth: int = 3, freqs: int = 16, num_classes: int = 0):
         super().__init__()
-        self.T, self.freqs = T, freqs
+        self.T, self.freqs, self.num_classes = T, freqs, num_classes
         self.kwargs = {"dim": dim, "T": T, "width": width, "depth": depth, "freqs": freqs}
-        layers, d_in = [], dim + 2 * freqs
+        if num_classes:  # only then: networks saved before the field load unchanged
+            self.kwargs["num_classes"] = num_classes
+        self.classes = nn.Embedding(num_classes + 1, 2 * freqs) if num_classes else None
+        layers, d_in = [], dim + 2 * freqs * (2 if num_classes else 1)
         for _ in range(depth):
             layers += [nn.Linear(d_in, width), nn.SiLU()]
             d_in = width
@@ -56,7 +61,11 @@ class TimeMLP(nn.Module):
         u = (t.float() + 1) / (self.T + 1)  # t in [-1, T-1] -> (0, 1]
         k = torch.arange(self.freqs, device=x.device, dtype=torch.float32)
         ang = u[:, None] * math.pi * (2.0 ** (k / 2))[None]  # periods from 2 down to ~1/90 of the range
-        return self.body(torch.cat([x.flatten(1), ang.sin(), ang.cos()], dim=1)).view_as(x)
+        features = [x.flatten(1), ang.sin(), ang.cos()]
+        if self.classes is not None:
+            c = torch.full((len(x),), self.num_classes) if cond is None else torch.as_tensor(cond).long()
+            features.append(self.classes(c.to(x.device)))
+        return self.body(torch.cat(features, dim=1)).view_as(x)
 
 
 def seed_noise(seeds: Sequence[int], shape: Sequence[int]) -> torch.Tensor:

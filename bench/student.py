@@ -41,7 +41,7 @@ class Student(nn.Module):
                 self.c_out = -float(teacher.schedule.sigma(t_max))
         else:
             dim = int(torch.tensor(teacher.sample_shape).prod())
-            self.net = TimeMLP(dim, teacher.T, width)
+            self.net = TimeMLP(dim, teacher.T, width, num_classes=teacher.num_classes or 0)
 
     def forward(self, eps: torch.Tensor, t: torch.Tensor, cond=None) -> torch.Tensor:
         return self.c_skip * eps + self.c_out * self.net(eps, t.float(), cond)

@@ -109,6 +109,7 @@ MUTANTS = [
     M(ST, "self.rows = self.batch_size // total", "self.rows = self.batch_size // self.micro_batches", "workers each draw a whole micro-batch of the global batch"),
     # consistency distillation (methods/consistency.py; P: bench/portable.py, shared with the shipped student)
     M(P, "c_skip = sigma_data ** 2 / (u ** 2 + sigma_data ** 2)", "c_skip = sigma_data / (u ** 2 + sigma_data ** 2)", "CD c_skip with sigma_data not squared"),
+    M(P, "if cond is None else torch.as_tensor(cond).long()", "if True else torch.as_tensor(cond).long()", "the MLP student ignores the class (issue #19's review case)"),
     M(P, "c_skip = sigma_data ** 2 / (u ** 2 + sigma_data ** 2)", "c_skip = sigma_data ** 2 / (u + sigma_data ** 2)", "CD c_skip with u not squared"),
     M(P, "c_out = u / (u ** 2 + sigma_data ** 2).sqrt()", "c_out = sigma_data * u / (u ** 2 + sigma_data ** 2).sqrt()", "CD c_out with CD's sigma_data factor (F is x0 here)"),
     M(P, "c_out = u / (u ** 2 + sigma_data ** 2).sqrt()", "c_out = u / (u ** 2 + sigma_data ** 2)", "CD c_out without the square root"),
