@@ -28,6 +28,7 @@ import torch
 from bench.checkpoints import newest_checkpoint, read_checkpoint
 from bench.errors import BenchError, first_line
 from bench.method import DistillContext
+from bench.streams import Streams
 
 
 def distill_on_workers(run_cfg, method, ctx: DistillContext) -> dict[str, float]:
@@ -39,11 +40,10 @@ def distill_on_workers(run_cfg, method, ctx: DistillContext) -> dict[str, float]
     if not cfg.checkpoint_every:
         raise BenchError("--workers needs checkpoints (the driver reads the trained networks from the "
                          "final one); set checkpoint_every > 0")
-    streams = run_cfg.workers * cfg.micro_batches
-    if cfg.batch_size % streams:
-        raise BenchError(f"batch_size {cfg.batch_size} does not split into {run_cfg.workers} workers x "
-                         f"{cfg.micro_batches} micro-batch(es); choose a batch_size divisible by {streams}")
-    _check_layout(ctx.resume_from, streams)
+    # rank 0's streams, built here only to check the layout before any worker starts
+    layout = Streams(ctx.seed, cfg.batch_size, cfg.micro_batches, world=run_cfg.workers)
+    if ctx.resume_from:
+        layout.load(Streams.saved(read_checkpoint(ctx.resume_from, mmap=True)), f"checkpoint {ctx.resume_from}")
     _init_ray(run_cfg.address)
     from ray.util.queue import Queue
 
@@ -59,17 +59,6 @@ def distill_on_workers(run_cfg, method, ctx: DistillContext) -> dict[str, float]
     # to train, and so never reaches a collective call
     done = dataclasses.replace(ctx, resume_from=final, world=run_cfg.workers, progress=False)
     return dict(method.distill(done))
-
-
-def _check_layout(checkpoint, streams: int) -> None:
-    """A checkpoint of another stream count: one line, before any worker starts."""
-    if not checkpoint:
-        return
-    saved = read_checkpoint(checkpoint, mmap=True).get("streams", {"count": 1})["count"]
-    if saved != streams:
-        raise BenchError(f"checkpoint {checkpoint} was written with {saved} batch stream(s) (workers x "
-                         f"micro_batches) and this run has {streams}: training continues exactly only with "
-                         f"the same count; resume with workers x micro_batches = {saved}")
 
 
 def _init_ray(address) -> None:

@@ -92,6 +92,11 @@ class Streams:
         torch.distributed.all_gather_object(gathered, mine)
         return {"count": self.count, "gens": {k: v for part in gathered for k, v in part.items()}}
 
+    @staticmethod
+    def saved(checkpoint: dict) -> dict:
+        """The streams' state in a checkpoint (before streams: one generator, "gen")."""
+        return checkpoint.get("streams") or {"count": 1, "gens": {0: checkpoint["gen"]}}
+
     def load(self, state: dict, where: str) -> None:
         """Restore this process's streams; a checkpoint of another stream count cannot continue
         the same random sequence, which is said in one line."""

@@ -287,8 +287,7 @@ class Trainer:
                              f"({first_line(exc, 200)})") from None
         self.sched.load_state_dict(state["sched"])
         self.done, self.start = Totals(**state["done"]), Totals(**state["start"])
-        # before streams (one generator "gen"): one stream
-        self.streams.load(state.get("streams") or {"count": 1, "gens": {0: state["gen"]}}, f"checkpoint {path}")
+        self.streams.load(Streams.saved(state), f"checkpoint {path}")
         torch.set_rng_state(state["torch_rng"].cpu())
         self.extra = dict(state.get("extra", {}))
         # a checkpoint from another folder (--resume-from, a re-evaluation) is copied into this
