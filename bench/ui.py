@@ -26,7 +26,7 @@ START_TIMEOUT = 180.0  # seconds: importing mlflow and migrating a store is slow
 
 def server_command(uri: str, host: str, port: int) -> list[str]:
     return [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", uri,
-            "--host", host, "--port", str(port), "--workers", "1"]
+            "--host", host, "--port", str(port), "--workers", "1", "--app-name", "distill-bench"]
 
 
 def check_port(host: str, port: int) -> None:
@@ -63,8 +63,8 @@ def serve(uri: str, host: str, port: int, timeout: float = START_TIMEOUT) -> int
     keep_log = True  # the log is the evidence of a failure; a server that served is not one
     try:
         _wait_up(proc, _probe_url(host, port), log, timeout)
-        # MLflow 3.17's UI opens experiments on the GenAI overview unless the link (or the
-        # browser's last choice) asks for model training: the experimentKind tag is not enough
+        # the served app (bench/ui_app.py) opens on model training unless the browser chose
+        # GenAI before; the link asks for training runs whatever the browser chose
         print(f"serving http://{host}:{port}; training runs: http://{host}:{port}/#/experiments?{TRAINING_VIEW}",
               flush=True)
         keep_log = False

@@ -8,7 +8,6 @@ from pathlib import Path
 import pytest
 
 from bench.cli import main
-from bench.ui import TRAINING_VIEW
 from conftest import bench_ui, stop_group
 
 CHROMIUM = shutil.which("chromium")
@@ -53,9 +52,10 @@ def test_report_page_in_browser(runs, tracking_uri, tmp_path):
 
 
 def test_mlflow_ui_in_browser(runs, tracking_uri, tmp_path):
-    """The experiment's page, opened as `bench ui` links it (MLflow 3.17 picks GenAI or model
-    training from the link, not the experiment kind), lists the runs by name; the compare view
-    of two runs renders both, with fid_nfe1, fid_best and train_seconds."""
+    """The experiment's page, opened by a bare link in a new browser profile, is the training
+    runs view (bench/ui_app.py; MLflow 3.17 alone would open the GenAI overview) and lists the
+    runs by name; the compare view of two runs renders both, with fid_nfe1, fid_best and
+    train_seconds."""
     import json
     import urllib.parse
 
@@ -64,14 +64,14 @@ def test_mlflow_ui_in_browser(runs, tracking_uri, tmp_path):
     proc, base = bench_ui(tracking_uri, tmp_path)
     try:
         shot = (SHOTS if SHOTS.name else tmp_path) / "mlflow_ui.png"
-        dom = _chromium(tmp_path, f"{base}/#/experiments/{exp_id}?{TRAINING_VIEW}", shot)
+        dom = _chromium(tmp_path, f"{base}/#/experiments/{exp_id}", shot)
         assert all(r.info.run_name in dom for r in found), [r.info.run_name for r in found]
-        assert "Detect Issues" not in dom  # a button of the GenAI overview, where it would open without the link
+        assert "Detect Issues" not in dom  # a button of the GenAI overview, where MLflow's own app opens
         assert shot.stat().st_size > 10_000
         ids = urllib.parse.quote(json.dumps([r.info.run_id for r in found]))
         shot = (SHOTS if SHOTS.name else tmp_path) / "mlflow_compare.png"
         dom = _chromium(tmp_path, f"{base}/#/compare-runs?runs={ids}&experiments="
-                                  f"{urllib.parse.quote(json.dumps([exp_id]))}&{TRAINING_VIEW}", shot)
+                                  f"{urllib.parse.quote(json.dumps([exp_id]))}", shot)
         assert all(r.info.run_name in dom for r in found)
         assert all(m in dom for m in ("fid_nfe1", "fid_best", "train_seconds"))
         assert shot.stat().st_size > 10_000

@@ -13,6 +13,9 @@ def test_bench_ui_serves_the_runs(tmp_path, tracking_uri, capsys):
     try:
         page = urllib.request.urlopen(base + "/", timeout=5).read().decode()
         assert "mlflow" in page.lower()
+        # the UI opens on model training: the choice is stored before MLflow's app script runs
+        head = page.index("localStorage.setItem('mlflow.workflowType_v1','\"machine_learning\"')")
+        assert head < page.index("static/js/main.")
         req = urllib.request.Request(base + "/api/2.0/mlflow/experiments/search",
                                      data=json.dumps({"max_results": 10}).encode(),
                                      headers={"Content-Type": "application/json"})
