@@ -14,7 +14,9 @@ from pathlib import Path
 
 from flask import Response
 from mlflow.server import app as flask_app
-from mlflow.server.fastapi_app import app  # noqa: F401  (the ASGI app uvicorn serves)
+from mlflow.server.fastapi_app import app  # the ASGI app uvicorn serves
+
+__all__ = ["app", "index_opening_on_training"]
 
 CHOICE_KEY, TRAINING = "mlflow.workflowType_v1", "machine_learning"
 DEFAULT_VIEW = (f"<script>try{{if(!localStorage.getItem('{CHOICE_KEY}'))"

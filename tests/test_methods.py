@@ -81,20 +81,20 @@ def test_method_contract(method, teacher_name, tmp_path):
             x = m.sampler(k)(noise)
         assert calls.calls == k, f"{method} NFE {k} made {calls.calls} network calls"
         assert x.shape == noise.shape and torch.isfinite(x).all()
-    _shipped_student_samples_alike(m, teacher, noise, tmp_path / "student")
+    _shipped_student_samples_alike(m, teacher, noise, tmp_path / "student", trains=bool(cost))
     after = teacher.state_dict()
     assert before.keys() == after.keys() and all(torch.equal(v, after[k]) for k, v in before.items())
     assert (teacher.clip_x0, teacher.prediction_type, teacher.autocast, teacher.net) == attributes
 
 
-def _shipped_student_samples_alike(m, teacher, noise, folder):
-    """The student as it ships (MLflow model, bench export: saved networks plus bench.portable's
-    rule) gives the method's own samples at every NFE it ships."""
+def _shipped_student_samples_alike(m, teacher, noise, folder, trains: bool):
+    """Every method that trains ships its student (MLflow model, bench export: saved networks
+    plus bench.portable's rule), which gives the method's own samples at every NFE it ships."""
     from bench.portable import apply_rule, load_network
     from bench.student_model import write_student
 
     shipped = m.distilled()
-    assert set(shipped) <= set(m.default_nfe())
+    assert set(shipped) <= set(m.default_nfe()) and bool(shipped) == trains, (sorted(shipped), trains)
     if shipped:
         write_student(shipped, teacher, folder)
     for k, d in shipped.items():
