@@ -27,6 +27,20 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
+def load_run_teacher(run_cfg: RunConfig, device: torch.device, path=None):
+    """The run's teacher on ``device`` (from ``path`` where given, else --teacher-path), guided at
+    --guidance-scale; a scale for an unconditional teacher is a BenchError."""
+    from bench.teachers import load_teacher
+
+    teacher = load_teacher(run_cfg.teacher, path or run_cfg.teacher_path, device=str(device)).to(device)
+    if run_cfg.guidance_scale != 1.0:
+        if not teacher.num_classes:
+            raise BenchError(f"--guidance-scale {run_cfg.guidance_scale:g} needs a class-conditional "
+                             f"teacher; {run_cfg.teacher!r} is unconditional (use 1, or e.g. digits_cond)")
+        teacher.guidance_scale = float(run_cfg.guidance_scale)
+    return teacher
+
+
 def build_method(run_cfg: RunConfig, overrides: Mapping[str, Any]):
     """(method class, method config) with ``--set`` overrides applied; validates early."""
     from bench.registry import METHODS
@@ -64,7 +78,8 @@ def quick_eval(teacher, extractor, ref, run_cfg, device):
     from bench.evaluator import SampleSpec, evaluate
 
     def quick(sampler, n: int) -> float:
-        spec = SampleSpec(teacher.sample_shape, max(n, extractor.dim, 2), run_cfg.seed, run_cfg.batch_size, device)
+        spec = SampleSpec(teacher.sample_shape, max(n, extractor.dim, 2), run_cfg.seed, run_cfg.batch_size,
+                          device, teacher.num_classes)
         try:
             with torch.no_grad():
                 return evaluate(sampler, spec, ref, extractor, metrics=("fid",), keep_samples=0).fid

@@ -72,7 +72,8 @@ def _add_assets(sub) -> None:
     t = sub.add_parser("teacher", help="teacher utilities")
     tsub = t.add_subparsers(dest="action", required=True)
     tt = tsub.add_parser("train", help="reproduce a shipped teacher's weights")
-    tt.add_argument("name", choices=["digits", "digits_eps"], help="a shipped teacher (its recipe)")
+    tt.add_argument("name", choices=["digits", "digits_eps", "digits_cond"],
+                    help="a shipped teacher (its recipe)")
     tt.add_argument("--out", default="teacher", help="output folder (diffusers layout)")
     tt.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="recipe field")
     tt.set_defaults(handler=cmd_teacher)

@@ -1,7 +1,8 @@
 """The shared evaluator: a pure function of (sampler, seeds, reference, metric settings).
 
-Sample i is drawn from noise seeded by (seed, i) alone (cf. EDM's generate.py), so no
-result depends on the batch size or on how seeds are split across batches. Features are
+Sample i is drawn from noise seeded by (seed, i) alone (cf. EDM's generate.py), and for a
+class-conditional teacher with label i mod K, so no result depends on the batch size or on how
+seeds are split across batches, and n samples cover the K classes evenly. Features are
 computed batch by batch and folded into float64 running sums, so FID at n = 50,000 never
 holds all images or features in memory; KID and precision/recall use the first
 ``keep_features`` features. FID, KID and precision/recall are torch-fidelity's own formulas.
@@ -42,6 +43,11 @@ def seed_noise(seed: int, indices: Sequence[int], shape: tuple[int, ...]) -> tor
         gen = torch.Generator().manual_seed(sample_seed(seed, i))
         out[row] = torch.randn(shape, generator=gen)
     return out
+
+
+def seed_labels(indices: Sequence[int], num_classes: int) -> torch.Tensor:
+    """Class labels of samples ``indices``: i mod K, a function of the sample's index alone."""
+    return torch.as_tensor(list(indices), dtype=torch.long) % num_classes
 
 
 def _sync(device: torch.device) -> None:
@@ -106,6 +112,18 @@ def fid_from_features(a: torch.Tensor, b: torch.Tensor) -> float:
     return fid_from_stats(sa.mu, sa.sigma, sb.mu, sb.sigma)
 
 
+def per_class_fid(features: torch.Tensor, labels: torch.Tensor, reference: ReferenceStats,
+                  dim: int) -> dict[int, float]:
+    """FID of each class's samples against the reference rows of that class, for the classes
+    where both sides have at least ``dim`` rows (below it the covariance is rank-deficient)."""
+    out = {}
+    for c in sorted(set(labels.tolist()) & set(reference.labels.tolist())):
+        a, b = features[labels == c], reference.features[reference.labels == c]
+        if min(len(a), len(b)) >= max(dim, 2):
+            out[int(c)] = fid_from_features(a, b)
+    return out
+
+
 def kid_from_features(a: torch.Tensor, b: torch.Tensor, subsets: int = 100,
                       subset_size: int = 1000) -> tuple[float, float]:
     """KID mean and std (polynomial kernel, torch-fidelity's estimator and default seed)."""
@@ -141,11 +159,14 @@ class ReferenceStats:
     n: int
     features: Optional[torch.Tensor] = None  # None for a statistics-only (.npz) reference
     description: str = ""
+    labels: Optional[torch.Tensor] = None  # the class of each row of ``features``, where known
 
     @classmethod
-    def from_features(cls, features: torch.Tensor, description: str = "") -> "ReferenceStats":
+    def from_features(cls, features: torch.Tensor, description: str = "",
+                      labels: Optional[torch.Tensor] = None) -> "ReferenceStats":
         stats = FeatureStats.of(features)
-        return cls(stats.mu, stats.sigma, stats.n, stats.kept, description)
+        return cls(stats.mu, stats.sigma, stats.n, stats.kept, description,
+                   None if labels is None else torch.as_tensor(labels)[: len(stats.kept)].long())
 
 
 @dataclasses.dataclass
@@ -164,13 +185,15 @@ class Evaluation:
     teacher_psnr: float = float("nan")
     sample_peak_memory_mb: float = float("nan")
     nfe_counted: float = float("nan")  # network calls per batch, as counted (bench.nfe); set by run
+    class_accuracy: float = float("nan")  # conditional: share the classifier reads as the requested class
+    per_class_fid: dict = dataclasses.field(default_factory=dict)  # class -> FID against that class's reference
 
     def row(self) -> dict:
-        return {k: v for k, v in dataclasses.asdict(self).items() if k != "samples"}
+        return {k: v for k, v in dataclasses.asdict(self).items() if k not in ("samples", "per_class_fid")}
 
     def metrics(self) -> dict[str, float]:
         keys = ("fid", "kid", "kid_std", "precision", "recall", "sample_seconds_per_image",
-                "teacher_mse", "teacher_psnr", "sample_peak_memory_mb", "nfe_counted")
+                "teacher_mse", "teacher_psnr", "sample_peak_memory_mb", "nfe_counted", "class_accuracy")
         out = {k: getattr(self, k) for k in keys if not math.isnan(getattr(self, k))}
         out["sample_images_per_second"] = 1.0 / max(self.sample_seconds_per_image, 1e-12)
         return out
@@ -178,16 +201,26 @@ class Evaluation:
 
 @dataclasses.dataclass(frozen=True)
 class SampleSpec:
-    """Which samples: n of them, sample i from noise seeded by (seed, i), drawn in batches."""
+    """Which samples: n of them, sample i from noise seeded by (seed, i) (and with label i mod
+    ``num_classes`` where the teacher is class-conditional), drawn in batches."""
 
     shape: tuple[int, ...]
     n: int
     seed: int
     batch_size: int
     device: torch.device
+    num_classes: Optional[int] = None
 
     def batches(self) -> list[range]:
         return [range(i, min(i + self.batch_size, self.n)) for i in range(0, self.n, self.batch_size)]
+
+    def labels(self, indices: Sequence[int]) -> Optional[torch.Tensor]:
+        return seed_labels(indices, self.num_classes).to(self.device) if self.num_classes else None
+
+    def inputs(self, indices: Sequence[int]) -> tuple:
+        """The sampler's arguments for samples ``indices``: (noise,) or (noise, labels)."""
+        noise, labels = seed_noise(self.seed, indices, self.shape).to(self.device), self.labels(indices)
+        return (noise,) if labels is None else (noise, labels)
 
 
 @dataclasses.dataclass
@@ -207,15 +240,15 @@ def generate(sampler: Callable, spec: SampleSpec, *, progress: Optional[Callable
     samples (default: all) are returned.
     """
     keep, device, batches = spec.n if keep is None else keep, spec.device, spec.batches()
-    sampler(seed_noise(spec.seed, batches[0], spec.shape).to(device))  # warm-up: lazy init, caches
+    sampler(*spec.inputs(batches[0]))  # warm-up: lazy init, caches
     _sync(device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     out, times = [], []
     for idx in batches:
-        noise = seed_noise(spec.seed, idx, spec.shape).to(device)
+        inputs = spec.inputs(idx)
         start = time.perf_counter()
-        x = sampler(noise)
+        x = sampler(*inputs)
         _sync(device)
         times.append((len(idx), time.perf_counter() - start))
         x = x.float()
@@ -239,19 +272,26 @@ def evaluate(sampler: Callable, spec: SampleSpec, reference: ReferenceStats, ext
     """Generate the samples of ``spec`` with ``sampler``, stream their features and score them.
 
     ``nfe`` labels the result; ``anchor``: the teacher's many-step samples for the first
-    len(anchor) seeds, on which teacher fidelity is measured.
+    len(anchor) seeds, on which teacher fidelity is measured. Class-conditional samples are also
+    read by the extractor's classifier, where it has one: ``class_accuracy`` is the share read
+    as the requested label (the fidelity measure conditional papers report as classification
+    accuracy).
     """
     if "fid" in metrics:
         check_fid_n(spec.n, extractor.dim)
     at = f" at NFE {nfe}" if nfe is not None else ""
     stats = FeatureStats()
-    sq_err = [0.0, 0]
+    sq_err, read = [0.0, 0], [0, 0]  # squared error and its count; correct labels and their count
+    classify = bool(spec.num_classes) and extractor.classify is not None
 
     def on_batch(idx: range, x: torch.Tensor) -> None:
         check_finite(x, f"samples (seeds {idx.start}..{idx.stop - 1}){at}")
         features = extractor(x)
         check_finite(features, f"feature vectors (seeds {idx.start}..{idx.stop - 1}){at}")
         stats.update(features)
+        if classify:
+            read[0] += int((extractor.classes(x) == seed_labels(idx, spec.num_classes)).sum())
+            read[1] += len(idx)
         if anchor is not None and idx.start < len(anchor):
             m = min(len(idx), len(anchor) - idx.start)
             diff = x[:m].double().cpu() - anchor[idx.start: idx.start + m].double()
@@ -266,6 +306,11 @@ def evaluate(sampler: Callable, spec: SampleSpec, reference: ReferenceStats, ext
     prec, rec = pr_from_features(stats.kept, reference.features) if "pr" in metrics and has_feats else (nan, nan)
     ev = Evaluation(nfe, spec.n, fid, kid, kid_std, prec, rec, gen.seconds_per_image, gen.batch_size,
                     gen.samples, sample_peak_memory_mb=gen.peak_memory_mb)
+    if read[1]:
+        ev.class_accuracy = read[0] / read[1]
+    if "fid" in metrics and spec.num_classes and reference.labels is not None:
+        ev.per_class_fid = per_class_fid(stats.kept, seed_labels(range(len(stats.kept)), spec.num_classes),
+                                         reference, extractor.dim)
     if sq_err[1]:
         mse = sq_err[0] / sq_err[1]
         ev.teacher_mse, ev.teacher_psnr = mse, psnr(mse, data_range)

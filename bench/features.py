@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Optional
 
 import torch
 from torch import nn
@@ -34,10 +34,16 @@ class FeatureExtractor:
     weights_sha256: str
     fn: Callable[[torch.Tensor], torch.Tensor]
     version: int = 1  # bump when the preprocessing or the layer read changes: cached references renew
+    classify: Optional[Callable[[torch.Tensor], torch.Tensor]] = None  # samples -> class ids, if a classifier
 
     @torch.no_grad()
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         return self.fn(x).double().cpu()
+
+    @torch.no_grad()
+    def classes(self, x: torch.Tensor) -> torch.Tensor:
+        """The classifier's class of each sample (on the CPU); only where ``classify`` is set."""
+        return self.classify(x).cpu()
 
 
 class DigitsCNN(nn.Module):
@@ -118,8 +124,12 @@ def digits_cnn(device: str = "cpu", **_: object) -> FeatureExtractor:
         register_feature_extractor("digits-cnn", cls)
         _fidelity_registered = True
     extractor = cls("digits-cnn", ("64",)).to(device)  # where the samples are (a GPU run found it on the CPU)
+
+    def classify(x: torch.Tensor) -> torch.Tensor:  # the digit it reads, from the same uint8 images
+        return extractor.net(to_uint8(x).to(device)[:, :1].float() / 127.5 - 1.0).argmax(1)
+
     return FeatureExtractor("digits-cnn", 64, sha256_of(DIGITS_CNN_WEIGHTS),
-                            lambda x: extractor(to_uint8(x).to(device))[0])
+                            lambda x: extractor(to_uint8(x).to(device))[0], classify=classify)
 
 
 @FEATURES.register("points", "the samples themselves, flattened (low-dimensional analytic teachers)")

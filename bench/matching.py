@@ -82,7 +82,7 @@ class Generator(nn.Module):
         a, s = (float(v) for v in (teacher.schedule.alpha(t_init), teacher.schedule.sigma(t_init)))
         if not any(True for _ in teacher.net.parameters()):
             dim = int(torch.tensor(teacher.sample_shape).prod())
-            return cls(TimeMLP(dim, teacher.T, width), t_init, s, 0.0, 1.0)
+            return cls(TimeMLP(dim, teacher.T, width, num_classes=teacher.num_classes or 0), t_init, s, 0.0, 1.0)
         net = copy.deepcopy(teacher.net).requires_grad_(True).train()
         kind = teacher.prediction_type
         if kind == "v_prediction" or (kind == "epsilon" and a < EPS_AS_V_BELOW):
@@ -108,13 +108,16 @@ def fake_score(teacher: Teacher, width: int) -> Teacher:
     """f_psi: a trainable copy of the teacher's network, unclipped (DMD2 and SiD copy the teacher);
     for teachers without a network (analytic), an MLP v-predictor trained from scratch (v, not
     x0: its x0 = alpha x_t - sigma v is x_t at low noise whatever the MLP, where an x0-MLP would
-    have to learn the identity)."""
+    have to learn the identity). Never guided: f_psi models the generator's own class-conditional
+    distribution, which the guided real score pulls it toward (DMD2 sec. 4.4)."""
     if not any(True for _ in teacher.net.parameters()):
         dim = int(torch.tensor(teacher.sample_shape).prod())
-        return teacher.replace(net=TimeMLP(dim, teacher.T, width), prediction_type="v_prediction", clip_x0=False,
-                               autocast=True)
+        mlp = TimeMLP(dim, teacher.T, width, num_classes=teacher.num_classes or 0)
+        return teacher.replace(net=mlp, prediction_type="v_prediction", clip_x0=False, autocast=True,
+                               guidance_scale=1.0)
     # in the teacher's own mode (eval: no dropout), so f_psi = f_phi exactly at the start
-    return teacher.replace(net=copy.deepcopy(teacher.net).requires_grad_(True), clip_x0=False, autocast=True)
+    return teacher.replace(net=copy.deepcopy(teacher.net).requires_grad_(True), clip_x0=False, autocast=True,
+                           guidance_scale=1.0)
 
 
 def native_target(prediction_type: str, x0: torch.Tensor, eps: torch.Tensor, a, s) -> torch.Tensor:
@@ -126,12 +129,12 @@ def native_target(prediction_type: str, x0: torch.Tensor, eps: torch.Tensor, a, 
     return a * eps - s * x0  # v (Salimans & Ho 2022, sec. 4)
 
 
-def denoising_loss(fake: Teacher, x: torch.Tensor, t: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
-    """The teacher's own training loss on samples x, per sample: x_t = alpha_t x + sigma_t eps,
-    mean squared error of the raw output against its native target (DDPM's simple loss for
-    eps-nets, with t ~ U{0..T-1}: DMD2's SD fake loss)."""
+def denoising_loss(fake: Teacher, x: torch.Tensor, t: torch.Tensor, eps: torch.Tensor, cond=None) -> torch.Tensor:
+    """The teacher's own training loss on samples x (of labels ``cond``), per sample: x_t =
+    alpha_t x + sigma_t eps, mean squared error of the raw output against its native target
+    (DDPM's simple loss for eps-nets, with t ~ U{0..T-1}: DMD2's SD fake loss)."""
     a, s = fake.coefficients(t, x)
-    out = fake.output(a * x + s * eps, t)
+    out = fake.output(a * x + s * eps, t, cond)
     return (out.float() - native_target(fake.prediction_type, x, eps, a, s).float()).pow(2).flatten(1).mean(1)
 
 
@@ -143,9 +146,6 @@ class DistributionMatching(Method):
 
     def __init__(self, teacher, config: MatchingConfig, device):
         super().__init__(frozen_teacher(teacher, config), config, device)
-        if teacher.num_classes:
-            raise BenchError(f"{self.title} of class-conditional teachers is not implemented yet (no guided "
-                             f"real score); use an unconditional teacher")
         # f_phi unclipped: with f_psi = f_phi the two must agree exactly (zero generator gradient)
         self.real = self.teacher.replace(clip_x0=False)
         self.G = Generator.from_teacher(teacher, config.init_sigma, config.mlp_width).to(device)
@@ -155,40 +155,48 @@ class DistributionMatching(Method):
         self.ema = self.G
         self.history: list[dict] = []
 
-    def noise(self, n: int, gen: torch.Generator) -> torch.Tensor:
-        return torch.randn((n,) + self.teacher.sample_shape, generator=gen).to(self.device)
+    def noise(self, n: int, gen: torch.Generator) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """G's inputs for n rows: z, and a label per row for class-conditional teachers (drawn
+        only then, so unconditional runs keep their random stream)."""
+        z = torch.randn((n,) + self.teacher.sample_shape, generator=gen).to(self.device)
+        if not self.teacher.num_classes:
+            return z, None
+        return z, torch.randint(0, self.teacher.num_classes, (n,), generator=gen).to(self.device)
 
     @abc.abstractmethod
     def times(self, n: int, gen: torch.Generator) -> torch.Tensor:
         """The steps t at which the generator loss compares the two scores."""
 
     @abc.abstractmethod
-    def loss_at(self, x: torch.Tensor, t: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
-        """Per-sample generator loss of generated x (gradients to G) at x_t = alpha_t x + sigma_t eps;
-        one teacher forward per row."""
+    def loss_at(self, x: torch.Tensor, t: torch.Tensor, eps: torch.Tensor, cond=None) -> torch.Tensor:
+        """Per-sample generator loss of generated x of labels ``cond`` (gradients to G) at
+        x_t = alpha_t x + sigma_t eps; one teacher prediction per row."""
 
-    def scores(self, x: torch.Tensor, t: torch.Tensor, eps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(f_phi, f_psi): the teacher's and the fake score's x0-predictions (float32) at
-        x_t = alpha_t x + sigma_t eps; one teacher forward per row."""
+    def scores(self, x: torch.Tensor, t: torch.Tensor, eps: torch.Tensor,
+               cond=None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(f_phi, f_psi): the teacher's (guided at the run's w) and the fake score's
+        x0-predictions (float32) at x_t = alpha_t x + sigma_t eps; one teacher prediction per row."""
         a, s = self.teacher.coefficients(t, x)
         x_t = a * x + s * eps
-        return self.real.predict(x_t, t)[0].float(), self.fake.predict(x_t, t)[0].float()
+        return self.real.predict(x_t, t, cond)[0].float(), self.fake.predict(x_t, t, cond)[0].float()
 
-    def generator_loss(self, x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    def generator_loss(self, x: torch.Tensor, gen: torch.Generator, cond=None) -> torch.Tensor:
         t = self.times(len(x), gen)
-        return self.loss_at(x, t, torch.randn(x.shape, generator=gen).to(x.device))
+        return self.loss_at(x, t, torch.randn(x.shape, generator=gen).to(x.device), cond)
 
     def _generator_step(self, step: int, gen: torch.Generator, rows: Optional[int] = None):
-        x = self.G(self.noise(rows or self.config.batch_size, gen))
+        z, cond = self.noise(rows or self.config.batch_size, gen)
+        x = self.G(z, cond)
         if step < self.warmup:  # a zero loss: Adam's first moments stay 0, so G does not move
             return 0.0 * x.float().flatten(1).sum(1), 0.0
-        return self.generator_loss(x, gen), 1.0
+        return self.generator_loss(x, gen, cond), self.real.forwards_per_row
 
     def _fake_step(self, step: int, gen: torch.Generator, rows: Optional[int] = None):
         with torch.no_grad():  # f_psi learns G's distribution; no gradient to G
-            x = self.G(self.noise(rows or self.config.batch_size, gen))
+            z, cond = self.noise(rows or self.config.batch_size, gen)
+            x = self.G(z, cond)
         t = torch.randint(0, self.fake.T, (len(x),), generator=gen).to(x.device)
-        return denoising_loss(self.fake, x, t, torch.randn(x.shape, generator=gen).to(x.device)), 0.0
+        return denoising_loss(self.fake, x, t, torch.randn(x.shape, generator=gen).to(x.device), cond), 0.0
 
     def training_stage(self) -> TrainStage:
         cfg = self.config

@@ -107,8 +107,13 @@ class Method(abc.ABC):
     ``distill`` (returning its cost: seconds, teacher forward passes, ...) and ``training_stage``."""
 
     Config: ClassVar[type] = NoConfig
+    # why this method refuses class-conditional teachers ('': it takes them, drawing labels for
+    # its training rows and passing the evaluator's labels to its samplers)
+    no_conditions: ClassVar[str] = ""
 
     def __init__(self, teacher: Teacher, config: Any, device: torch.device):
+        if teacher.num_classes and self.no_conditions:
+            raise BenchError(self.no_conditions)
         self.teacher = teacher
         self.config = config
         self.device = device

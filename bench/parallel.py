@@ -136,15 +136,14 @@ def train_worker(payload: dict[str, Any]) -> None:
     import ray.train
     import ray.train.torch
 
-    from bench.assemble import make_method
-    from bench.teachers import load_teacher
+    from bench.assemble import load_run_teacher, make_method
 
     run_cfg, context = payload["run_cfg"], ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
     device = ray.train.torch.get_device() if run_cfg.gpus_per_worker else torch.device("cpu")
     torch.set_num_threads(max(1, int(run_cfg.cpus_per_worker)))
     torch.manual_seed(run_cfg.seed)  # as run(): every worker starts from the same weights
-    teacher = load_teacher(run_cfg.teacher, run_cfg.teacher_path, device=str(device)).to(device)
+    teacher = load_run_teacher(run_cfg, device)
     method, run_cfg = make_method(run_cfg, payload["method_cls"], payload["method_cfg"], teacher, device)
     log, quick = (lambda metrics, step: None), None
     if rank == 0:

@@ -95,6 +95,9 @@ def load_network(folder: Path) -> nn.Module:
 def call(net: nn.Module, x: torch.Tensor, t: torch.Tensor, cond=None) -> torch.Tensor:
     """The raw network output at (x, t): diffusers UNets take class labels by keyword."""
     if hasattr(net, "config") and hasattr(net, "conv_out"):
+        embeds = net.config.get("num_class_embeds")
+        if cond is None and embeds:  # the last class embedding stands for "no class"
+            cond = torch.full((len(x),), embeds - 1, dtype=torch.long, device=x.device)
         return net(x, t, class_labels=cond).sample
     return net(x, t, cond)
 

@@ -22,7 +22,7 @@ import torch
 
 from bench.cache import cache_file, definition_array
 from bench.errors import BenchError, first_line
-from bench.evaluator import FeatureStats, ReferenceStats, SampleSpec, generate
+from bench.evaluator import FeatureStats, ReferenceStats, SampleSpec, generate, seed_labels
 from bench.features import FeatureExtractor
 from bench.files import save_npz_atomic
 
@@ -92,6 +92,7 @@ def build_reference(spec: str, teacher, extractor: FeatureExtractor, *, n: int, 
         kind = "data" if teacher.dataset is not None else "teacher"
     if kind == "stats":
         return _stats_file(Path(arg), extractor.dim)
+    labels = None  # the class of each reference row, for per-class FID (conditional teachers)
     definition: dict = {"kind": kind, "extractor": extractor.name, "weights": extractor.weights_sha256,
                         "extractor_version": extractor.version, "shape": list(teacher.sample_shape)}
     if kind == "data":
@@ -100,12 +101,19 @@ def build_reference(spec: str, teacher, extractor: FeatureExtractor, *, n: int, 
                              "folder:PATH or stats:PATH")
         data = teacher.dataset()
         definition.update(n=len(data), data=_tensor_digest(data), source=teacher.provenance.source)
+        if teacher.num_classes and teacher.dataset_labels is not None:  # per-class FID
+            labels = torch.as_tensor(teacher.dataset_labels()).long()
+            definition.update(labels=_tensor_digest(labels))
         make = lambda: _stats_of(data, teacher, extractor)  # noqa: E731
     elif kind == "teacher":
         from bench.sampling import SAMPLER_VERSION
 
         definition.update(teacher=teacher.fingerprint(), steps=steps, n=n, seed=seed, sampler=SAMPLER_VERSION)
-        sample = SampleSpec(teacher.sample_shape, n, seed + REFERENCE_SEED_OFFSET, batch_size, device)
+        sample = SampleSpec(teacher.sample_shape, n, seed + REFERENCE_SEED_OFFSET, batch_size, device,
+                            teacher.num_classes)  # conditional: labels i mod K, all classes alike
+        if teacher.num_classes:
+            definition.update(labels="i mod K")
+            labels = seed_labels(range(n), teacher.num_classes)
         make = lambda: _teacher_stats(teacher, extractor, sample, steps)  # noqa: E731
     elif kind == "folder":
         files = _folder_images(Path(arg))
@@ -120,14 +128,16 @@ def build_reference(spec: str, teacher, extractor: FeatureExtractor, *, n: int, 
     path = cache_file("references", definition, prefix=extractor.name)
     if path.is_file():
         with np.load(path) as d:
+            kept = torch.from_numpy(d["labels"]) if "labels" in d.files else None
             return ReferenceStats(d["mu"], d["sigma"], int(d["n"]), torch.from_numpy(d["features"]),
-                                  f"{kind} (cached {path.name})")
+                                  f"{kind} (cached {path.name})", kept)
     if on_compute:
         on_compute()
     stats = make()
-    ref = ReferenceStats(stats.mu, stats.sigma, stats.n, stats.kept, kind)
+    kept = None if labels is None else labels[: len(stats.kept)]  # the class of each kept feature row
+    ref = ReferenceStats(stats.mu, stats.sigma, stats.n, stats.kept, kind, kept)
     save_npz_atomic(path, mu=ref.mu, sigma=ref.sigma, n=ref.n, features=ref.features.numpy(),
-                    definition=definition_array(definition))
+                    definition=definition_array(definition), **({} if kept is None else {"labels": kept.numpy()}))
     return ref
 
 

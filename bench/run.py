@@ -16,7 +16,7 @@ from typing import Any, Callable, Mapping, Optional
 import torch
 
 from bench import config as cfgs
-from bench.assemble import build_method, make_method, quick_eval, resolve_device, run_reference
+from bench.assemble import build_method, load_run_teacher, make_method, quick_eval, resolve_device, run_reference
 from bench.checkpoints import read_checkpoint
 from bench.errors import BenchError
 from bench.method import DistillContext
@@ -66,7 +66,6 @@ def run(run_cfg: RunConfig, method_overrides: Mapping[str, Any] = (), progress: 
     """Distill (if the method trains), evaluate every NFE, log everything to one MLflow run."""
     from bench.features import get_extractor
     from bench.resume import hash_tags
-    from bench.teachers import load_teacher
 
     device = resolve_device(run_cfg.device)
     torch.manual_seed(run_cfg.seed)  # student initialisations: the same in a fresh or a reused process
@@ -78,7 +77,7 @@ def run(run_cfg: RunConfig, method_overrides: Mapping[str, Any] = (), progress: 
             hooks = _resume_point(hooks, run_cfg, held)
         if hooks.checkpoint:  # a truncated or foreign file fails here, before a run is opened
             read_checkpoint(hooks.checkpoint, mmap=True)
-        teacher = load_teacher(run_cfg.teacher, run_cfg.teacher_path, device=str(device)).to(device)
+        teacher = load_run_teacher(run_cfg, device)
         method, run_cfg = make_method(run_cfg, method_cls, method_cfg, teacher, device)
         extractor = get_extractor(teacher.features, inception_weights=run_cfg.inception_weights,
                                   device=str(device))
@@ -131,7 +130,10 @@ def _prepare(run_cfg: RunConfig, teacher, extractor, device):
 
 
 def _label(run_cfg: RunConfig, method) -> str:
-    return ":".join(filter(None, (run_cfg.method, method.variant())))
+    """``method[:variant]``, and `` w=<scale>`` for a guided run: reports list each as a method
+    of its own (the guidance scale is a run setting, not part of the method's config)."""
+    label = ":".join(filter(None, (run_cfg.method, method.variant())))
+    return label if run_cfg.guidance_scale == 1.0 else f"{label} w={run_cfg.guidance_scale:g}"
 
 
 def _params(run_cfg: RunConfig, method, device, teacher, extractor) -> dict:
@@ -140,6 +142,7 @@ def _params(run_cfg: RunConfig, method, device, teacher, extractor) -> dict:
             "nfe": ",".join(map(str, run_cfg.nfe)), "feature_extractor": extractor.name,
             "metrics": ",".join(run_cfg.metrics), "reference": run_cfg.reference,
             "workers": run_cfg.workers, "gpus_per_worker": run_cfg.gpus_per_worker,
+            "guidance_scale": run_cfg.guidance_scale,
             **teacher.provenance.as_params(), **cfgs.to_params(method.config, "method.")}
 
 
@@ -188,7 +191,7 @@ def _fidelity_anchor(run_cfg, teacher, device) -> Optional[torch.Tensor]:
     if run_cfg.fidelity_steps <= 0 or run_cfg.fidelity_samples <= 0:
         return None
     n = min(run_cfg.num_samples, run_cfg.fidelity_samples)
-    spec = SampleSpec(teacher.sample_shape, n, run_cfg.seed, run_cfg.batch_size, device)
+    spec = SampleSpec(teacher.sample_shape, n, run_cfg.seed, run_cfg.batch_size, device, teacher.num_classes)
     with torch.no_grad():
         samples = generate(teacher_sampler(teacher, run_cfg.fidelity_steps), spec).samples
     check_finite(samples, f"teacher DDIM-{run_cfg.fidelity_steps} samples (the fidelity anchor)")
@@ -204,7 +207,8 @@ def _evaluate_all(run_cfg, method, teacher, extractor, ref, device, progress):
     from bench.evaluator import SampleSpec, evaluate
     from bench.nfe import CountedSampler
 
-    spec = SampleSpec(teacher.sample_shape, run_cfg.num_samples, run_cfg.seed, run_cfg.batch_size, device)
+    spec = SampleSpec(teacher.sample_shape, run_cfg.num_samples, run_cfg.seed, run_cfg.batch_size, device,
+                      teacher.num_classes)
     rows = []
     try:
         anchor = _fidelity_anchor(run_cfg, teacher, device)
@@ -253,6 +257,9 @@ def _log_artifacts(run_cfg, method, params, rows, teacher, tracker) -> None:
                       title=f"{run_cfg.method}, NFE {ev.nfe}")
             save_samples(ev.samples, out / "samples" / f"nfe_{ev.nfe}.npz")
         pd.DataFrame([ev.row() for ev in rows]).to_csv(out / "summary.csv", index=False)
+        per_class = [{"nfe": ev.nfe, "label": c, "fid": fid} for ev in rows for c, fid in ev.per_class_fid.items()]
+        if per_class:  # conditional teachers: FID of each class against that class's reference
+            pd.DataFrame(per_class).to_csv(out / "per_class_fid.csv", index=False)
         method.save_artifacts(out)
         with tempfile.TemporaryDirectory() as scratch:
             student = add_student(method, teacher, out, Path(scratch), params)

@@ -30,6 +30,9 @@ class RunConfig:
     method: str = option("ddim", "distillation method (bench ls)")
     teacher: str = option("digits", "teacher model (bench ls)")
     teacher_path: Optional[str] = option(None, "local folder with the teacher's weights")
+    guidance_scale: float = option(1.0, "classifier-free guidance w of a class-conditional teacher: "
+                                        "out_u + w (out_c - out_u) on its output, in every sampler "
+                                        "and distillation target; a guided row costs two forwards")
     nfe: Optional[tuple[int, ...]] = _eval(None, "numbers of function evaluations to evaluate "
                                                  "(default: the method's, e.g. 1,2,4,...,64 for ddim)")
     num_samples: int = _eval(1000, "samples per NFE for FID/KID (report n with every FID)")

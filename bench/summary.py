@@ -34,13 +34,15 @@ def _fmt(value, spec: str) -> str:
 
 def note(label: str, teacher: str, rows: list[dict], cost: dict[str, float], extractor: str) -> str:
     """The run's result table in Markdown, with its distillation cost."""
+    classes = any(_fmt(r.get("class_accuracy"), ".3f") != "–" for r in rows)  # conditional teachers
     lines = [f"**{label}** on **{teacher}**; FID on `{extractor}` features, n = {rows[0]['n'] if rows else '–'}",
-             "", "| NFE | FID | KID | precision | recall | PSNR vs teacher (dB) | s/image |",
-             "|---:|---:|---:|---:|---:|---:|---:|"]
+             "", "| NFE | FID | KID | precision | recall | PSNR vs teacher (dB) | s/image |"
+             + (" class acc. |" if classes else ""), "|---:|---:|---:|---:|---:|---:|---:|" + ("---:|" if classes else "")]
     for r in rows:
         lines.append(f"| {r['nfe']} | {_fmt(r.get('fid'), '.3f')} | {_fmt(r.get('kid'), '.4f')} | "
                      f"{_fmt(r.get('precision'), '.3f')} | {_fmt(r.get('recall'), '.3f')} | "
-                     f"{_fmt(r.get('teacher_psnr'), '.1f')} | {_fmt(r.get('sample_seconds_per_image'), '.2e')} |")
+                     f"{_fmt(r.get('teacher_psnr'), '.1f')} | {_fmt(r.get('sample_seconds_per_image'), '.2e')} |"
+                     + (f" {_fmt(r.get('class_accuracy'), '.3f')} |" if classes else ""))
     if cost.get("train_seconds"):
         lines += ["", f"Distillation: {cost['train_seconds']:.0f} s, "
                       f"{cost.get('teacher_forwards', 0):,.0f} teacher forwards."]

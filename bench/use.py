@@ -30,30 +30,32 @@ def find_run(client, run_id: str):
 
 
 def run_sampler(client, run, uri: str, scratch: Path) -> tuple[Callable, list[int], dict]:
-    """(sample(seeds, nfe) -> images, NFEs it can take, {sample_shape, data_range})."""
+    """(sample(seeds, labels, nfe) -> images, NFEs it can take, {sample_shape, data_range,
+    num_classes})."""
     from bench.student_model import load_sampler
 
     student = load_sampler(run.info.run_id, uri, scratch)
     if student is not None:
         spec = student.spec
-        return (lambda seeds, nfe: student.sample(seeds, None, nfe)), student.nfes, spec
+        return student.sample, student.nfes, spec
     return _training_free(run)
 
 
 def _training_free(run) -> tuple[Callable, list[int], dict]:
     """The sampler of a training-free run, rebuilt from its params."""
     from bench.portable import seed_noise
+    from bench.assemble import load_run_teacher
     from bench.run import build_method, make_method, resolve_device
     from bench.run_config import RunConfig
-    from bench.teachers import load_teacher
 
     p = run.data.params
     source = p.get("teacher.source", "")
     path = source if os.path.isabs(source) and Path(source).is_dir() else None  # --teacher-path
-    run_cfg = RunConfig(method=p["method"], teacher=p["teacher"], teacher_path=path)
+    run_cfg = RunConfig(method=p["method"], teacher=p["teacher"], teacher_path=path,
+                        guidance_scale=float(p.get("guidance_scale", 1.0)))
     cls, cfg = build_method(run_cfg, {k[len("method."):]: v for k, v in p.items() if k.startswith("method.")})
     device = resolve_device("auto")
-    teacher = load_teacher(run_cfg.teacher, path, device=str(device)).to(device)
+    teacher = load_run_teacher(run_cfg, device, path)
     if p.get("teacher.sha256", "") != teacher.provenance.sha256:
         raise BenchError(f"teacher {run_cfg.teacher}'s weights ({teacher.provenance.source}) are not the ones "
                          f"run {run.info.run_id} used (sha256 differs); restore them to sample this run")
@@ -62,18 +64,21 @@ def _training_free(run) -> tuple[Callable, list[int], dict]:
         raise BenchError(f"run {run.info.run_id} ({p['method']}) trained a student but logged no student "
                          f"model (the method has no distilled() samplers, or the run predates them)")
 
-    def sample(seeds, nfe):
+    def sample(seeds, labels, nfe):
         with torch.no_grad():
             noise = seed_noise(seeds, teacher.sample_shape).to(device)
-            return method.sampler(nfe)(noise).float().cpu()
+            cond = () if labels is None else (torch.as_tensor(labels, dtype=torch.long, device=device),)
+            return method.sampler(nfe)(noise, *cond).float().cpu()
 
     nfes = sorted(int(k) for k in p.get("nfe", "").split(",") if k) or list(method.default_nfe())
-    return sample, nfes, {"sample_shape": list(teacher.sample_shape), "data_range": list(teacher.data_range)}
+    return sample, nfes, {"sample_shape": list(teacher.sample_shape), "data_range": list(teacher.data_range),
+                          "num_classes": teacher.num_classes}
 
 
 def sample_images(run_id: str, uri: str, nfe: Optional[int], n: int, seed: Optional[int],
-                  scratch: Path) -> tuple[torch.Tensor, int, dict]:
-    """(n images, the NFE used, the sampler's spec) from run ``run_id``."""
+                  scratch: Path, label: Optional[int] = None) -> tuple[torch.Tensor, int, dict]:
+    """(n images, the NFE used, the sampler's spec) from run ``run_id``; for a class-conditional
+    run, image i has class ``label``, or i mod K as in the run's own evaluation."""
     from mlflow.tracking import MlflowClient
 
     from bench.evaluator import sample_seed
@@ -86,7 +91,18 @@ def sample_images(run_id: str, uri: str, nfe: Optional[int], n: int, seed: Optio
         raise BenchError(f"run {run_id} samples with NFE {', '.join(map(str, nfes))}, not {nfe}; choose --nfe "
                          f"among them")
     base = int(run.data.params.get("seed", 0)) if seed is None else seed
-    return sample([sample_seed(base, i) for i in range(n)], nfe), nfe, spec
+    return sample([sample_seed(base, i) for i in range(n)], _labels(run_id, spec, n, label), nfe), nfe, spec
+
+
+def _labels(run_id: str, spec: dict, n: int, label: Optional[int]) -> Optional[list[int]]:
+    K = spec.get("num_classes")
+    if not K:
+        if label is not None:
+            raise BenchError(f"run {run_id}'s teacher is unconditional; drop --label")
+        return None
+    if label is not None and not 0 <= label < K:
+        raise BenchError(f"--label {label} is not a class of run {run_id}'s teacher; use 0..{K - 1}")
+    return [label if label is not None else i % K for i in range(n)]
 
 
 def write_images(x: torch.Tensor, data_range, out: Optional[Path], out_dir: Optional[Path], title: str) -> str:

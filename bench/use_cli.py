@@ -15,6 +15,8 @@ def add_parsers(sub) -> None:
     s.add_argument("--n", type=int, default=64, help="number of images (default 64)")
     s.add_argument("--seed", type=int, help="image i uses the noise of seed (SEED, i) (default: the run's "
                    "seed, which gives the run's own samples)")
+    s.add_argument("--label", type=int, help="class-conditional runs: every image of this class (default: "
+                   "image i of class i mod K, as in the run)")
     out = s.add_mutually_exclusive_group()
     out.add_argument("--out", help="grid PNG (default samples-<run>-nfe<K>.png)")
     out.add_argument("--out-dir", help="folder: one PNG per image and samples.npz (float samples)")
@@ -40,7 +42,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
     _quiet()
     with tempfile.TemporaryDirectory() as scratch:
         x, nfe, spec = sample_images(args.run, resolve_uri(args.tracking_uri), args.nfe, args.n, args.seed,
-                                     Path(scratch))
+                                     Path(scratch), args.label)
     out = Path(args.out or f"samples-{args.run[:8]}-nfe{nfe}.png")
     where = write_images(x, spec["data_range"], out, Path(args.out_dir) if args.out_dir else None,
                          title=f"run {args.run[:8]}, NFE {nfe}")

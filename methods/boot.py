@@ -9,6 +9,9 @@ with g = g_theta(eps, t) under stop-gradient; a share of every batch instead pin
 of the trajectory, g_theta(eps, t_max) = y_{t_max} (the boundary term). No data, no EMA target.
 One iteration: 1 teacher forward, 2 student forwards (one without grad), 1 backward.
 One-step sampling: x = g_theta(eps, -1), where alpha = 1 and y is the sample itself.
+Class-conditional teachers: g_theta(eps, t, c) with labels drawn per row; f_phi is the run's
+teacher, classifier-free guided at the run's --guidance-scale w (bench/teachers/base.py), so
+BOOT distills the guided teacher at that fixed w, and a guided row costs two teacher forwards.
 """
 from __future__ import annotations
 
@@ -50,7 +53,6 @@ class BOOTConfig(TrainConfig):
                                              "row in 8 anchors the start; the rest bootstrap)")
     boundary_weight: float = option(1.0, "weight of the boundary rows' loss")
     t_max: Optional[int] = option(None, "first step of the trajectory (default: T-1, as trailing DDIM)")
-    guidance_scale: float = option(1.0, "classifier-free guidance w for class-conditional teachers")
     mlp_width: int = option(256, "width of the MLP student (teachers without a network)")
 
     def __post_init__(self):
@@ -90,20 +92,12 @@ class BOOT(Method):
         t, s = t.double().cpu(), s.double().cpu()
         return (sch.alpha(t) * sch.sigma(s) / (sch.sigma(t) * sch.alpha(s))).to(self.device)
 
-    def guided_x0(self, x_t: torch.Tensor, t: torch.Tensor, cond) -> torch.Tensor:
-        """f_phi, with classifier-free guidance f(none) + w (f(c) - f(none)) where conditional."""
-        w = self.config.guidance_scale
-        if cond is None or w == 1.0:
-            return self.teacher.x0(x_t, t, cond)
-        f_c, f_u = self.teacher.x0(x_t, t, cond), self.teacher.x0(x_t, t, None)
-        return f_u + w * (f_c - f_u)
-
     def boundary_target(self, eps: torch.Tensor, cond) -> torch.Tensor:
         """y_{t_max}: by definition alpha eps / (1 + sigma) (= (1 - sigma) eps / alpha, stably),
         or the teacher's f_phi(eps, t_max) where its first DDIM step forgets y_{t_max} anyway."""
         t = torch.full((len(eps),), float(self.t_max))
         if self.boundary_mode == "teacher":
-            return self.guided_x0(eps, t.to(eps.device), cond)
+            return self.teacher.x0(eps, t.to(eps.device), cond)
         a, s = self.teacher.coefficients(t, eps)
         return a * eps / (1 + s)
 
@@ -112,7 +106,7 @@ class BOOT(Method):
         with torch.no_grad():
             g = self.student(eps, t, cond)
             a, sig = self.teacher.coefficients(t, eps)
-            f = self.guided_x0(a * g + sig * eps, t, cond)
+            f = self.teacher.x0(a * g + sig * eps, t, cond)
             one_minus_r = (1 - self.ratio(t, s)).view((-1,) + (1,) * (eps.dim() - 1))
             return (g + one_minus_r.to(g.dtype) * (f - g)).detach(), one_minus_r
 
@@ -138,9 +132,8 @@ class BOOT(Method):
         err = (g_s.float() - torch.cat([y_max, target]).float()).pow(2).flatten(1).mean(1)
         weight = torch.cat([torch.full((nb,), cfg.boundary_weight, dtype=torch.float64),
                             one_minus_r.flatten().cpu() ** -2]).to(err.device, torch.float32)
-        per_row = 2.0 if cond is not None and cfg.guidance_scale != 1.0 else 1.0
         teacher_rows = B if self.boundary_mode == "teacher" else B - nb
-        return weight * err, per_row * teacher_rows / B
+        return weight * err, self.teacher.forwards_per_row * teacher_rows / B
 
     def draw_t(self, n: int, gen: torch.Generator) -> torch.Tensor:
         lo, hi = 0.0, float(self.t_max)

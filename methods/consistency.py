@@ -52,7 +52,6 @@ import torch
 from torch import nn
 
 from bench.config import option
-from bench.errors import BenchError
 from bench.method import DistillContext, Distilled, Method, TrainStage
 from bench.portable import T_MIN, fresh_noise, scalings  # shipped with the student: one implementation
 from bench.registry import METHODS
@@ -182,12 +181,11 @@ def teacher_step(teacher: Teacher, x_t: torch.Tensor, t: torch.Tensor, s: torch.
 @METHODS.register("consistency", "consistency distillation (Song et al. 2023; LCM's VP form): 1, 2, 4 steps")
 class Consistency(Method):
     Config = ConsistencyConfig
+    no_conditions = ("consistency distillation of class-conditional teachers is not implemented (the "
+                     "registered data sets carry no labels); use boot, dmd2, sid, ddim or solver")
 
     def __init__(self, teacher, config: ConsistencyConfig, device):
         super().__init__(frozen_teacher(teacher, config), config, device)
-        if teacher.num_classes:
-            raise BenchError("consistency distillation of class-conditional teachers is not implemented "
-                             "(the registered data sets carry no labels)")
         self.grid = training_grid(teacher.T, config.skip)
         if len(self.grid) < 3:
             raise ValueError(f"skip {config.skip} leaves fewer than 2 grid times on a {teacher.T}-step teacher")

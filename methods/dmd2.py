@@ -58,13 +58,14 @@ class DMD2(DistributionMatching):
         lo, hi = int(self.config.t_lo * T), min(int(self.config.t_hi * T), T - 1)
         return torch.randint(lo, hi + 1, (n,), generator=gen).to(self.device)
 
-    def matching_gradient(self, x: torch.Tensor, t: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
-        """(f_psi - f_phi) / mean|x - f_phi| at x_t = alpha x + sigma eps, without gradients."""
+    def matching_gradient(self, x: torch.Tensor, t: torch.Tensor, eps: torch.Tensor, cond=None) -> torch.Tensor:
+        """(f_psi - f_phi) / mean|x - f_phi| at x_t = alpha x + sigma eps, without gradients;
+        f_phi guided at the run's w for class-conditional teachers."""
         with torch.no_grad():
-            f_real, f_fake = self.scores(x, t, eps)
+            f_real, f_fake = self.scores(x, t, eps, cond)
             weight = (x.float() - f_real).abs().flatten(1).mean(1).view((-1,) + (1,) * (x.dim() - 1))
             return torch.nan_to_num((f_fake - f_real) / weight)
 
-    def loss_at(self, x: torch.Tensor, t: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
-        grad = self.matching_gradient(x, t, eps)
+    def loss_at(self, x: torch.Tensor, t: torch.Tensor, eps: torch.Tensor, cond=None) -> torch.Tensor:
+        grad = self.matching_gradient(x, t, eps, cond)
         return 0.5 * per_sample_mean((x.float() - (x.float() - grad).detach()) ** 2)

@@ -93,6 +93,8 @@ class Round:
 @METHODS.register("progressive", "progressive distillation (Salimans & Ho 2022): halve DDIM steps per round")
 class Progressive(Method):
     Config = ProgressiveConfig
+    no_conditions = ("progressive distillation of class-conditional teachers is not implemented (its "
+                     "training draws carry no labels); use boot, dmd2, sid, ddim or solver")
 
     def __init__(self, teacher, config: ProgressiveConfig, device):
         super().__init__(frozen_teacher(teacher, config), config, device)

@@ -61,8 +61,8 @@ class SiD(DistributionMatching):
         u = torch.rand(n, generator=gen, dtype=torch.float64) * self.config.t_max
         return t_of_sigma_ve(self.teacher, karras_sigma(1 - u)).to(self.device)
 
-    def loss_at(self, x: torch.Tensor, t: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
-        f_real, f_fake = self.scores(x, t, eps)  # gradients flow through both into x
+    def loss_at(self, x: torch.Tensor, t: torch.Tensor, eps: torch.Tensor, cond=None) -> torch.Tensor:
+        f_real, f_fake = self.scores(x, t, eps, cond)  # gradients flow through both into x
         x = x.float()
         with torch.no_grad():
             weight = (x - f_real).abs().flatten(1).mean(1).clamp(min=1e-5)

@@ -11,10 +11,12 @@ from reports.collect import baseline_speed
 COLUMNS = [
     ("FID", "fid", "↓", "{:.3f}"), ("KID", "kid", "↓", "{:.4f}"),
     ("precision", "precision", "↑", "{:.3f}"), ("recall", "recall", "↑", "{:.3f}"),
-    ("PSNR vs teacher (dB)", "teacher_psnr", "↑", "{:.1f}"),
+    ("PSNR vs teacher (dB)", "teacher_psnr", "↑", "{:.1f}"), ("class acc.", "class_accuracy", "↑", "{:.3f}"),
     ("s/image", "sample_seconds_per_image", "↓", "{:.2e}"),
     ("train s", "train_seconds", "↓", "{:.0f}"), ("teacher fwd", "teacher_forwards", "↓", "{:,.0f}"),
 ]
+
+ONLY_WHERE_LOGGED = ("class_accuracy",)
 
 
 def _cell(mean: float, std: float, fmt: str, seeds: int) -> str:
@@ -42,6 +44,10 @@ def main_table(best: pd.DataFrame, teacher: str, baseline: tuple[str, int]) -> t
         row["seeds"] = seeds
         out.append(row)
     table = pd.DataFrame(out)
+    for name, key, arrow, _ in COLUMNS:  # a column no run of this teacher has (class accuracy of
+        col = f"{name} {arrow}"           # unconditional teachers) is left out, not shown as dashes
+        if key in ONLY_WHERE_LOGGED and col in table and (table[col] == "–").all():
+            table = table.drop(columns=col)
     n = ", ".join(sorted({str(int(v)) for v in rows["n"]}))
     extractor = ", ".join(sorted(set(rows["extractor"])))
     caption = (f"{teacher}: FID/KID/precision/recall on {extractor} features, n = {n}; best config per "

@@ -100,7 +100,7 @@ def test_a_perfect_fake_score_gives_the_generator_no_gradient(cls):
     m = _method(cls, load_teacher("digits"))
 
     def grad_norm():
-        x = m.G(m.noise(4, torch.Generator().manual_seed(0)))
+        x = m.G(*m.noise(4, torch.Generator().manual_seed(0)))
         loss = m.generator_loss(x, torch.Generator().manual_seed(1)).sum()
         grads = torch.autograd.grad(loss, [p for p in m.G.parameters()], allow_unused=True)
         return float(loss.detach()), max(float(g.abs().max()) for g in grads if g is not None)

@@ -126,14 +126,20 @@ def test_boot_boundary_auto_follows_the_first_steps_r():
 
 
 def test_boot_guidance_and_its_cost():
+    """BOOT's targets are the guided teacher's (guidance itself: tests/test_guidance.py), and
+    each guided bootstrap row costs two teacher forwards."""
     from bench.teachers.analytic import gmm2d_params, mixture_teacher
 
-    teacher = mixture_teacher(*gmm2d_params(), conditional=True)
-    m = BOOT(teacher, cfgs.replace(BOOTConfig(), {"guidance_scale": 3.0, "batch_size": 8,
-                                                  "boundary_fraction": 0.25}), CPU)
-    x, c, t = torch.randn(8, 2), torch.arange(8), torch.full((8,), 400.0)
-    f_c, f_u = teacher.x0(x, t, c), teacher.x0(x, t, None)
-    assert torch.allclose(m.guided_x0(x, t, c), f_u + 3.0 * (f_c - f_u))
+    teacher = mixture_teacher(*gmm2d_params(), conditional=True).replace(guidance_scale=3.0)
+    m = BOOT(teacher, cfgs.replace(BOOTConfig(), {"batch_size": 8, "boundary_fraction": 0.25}), CPU)
+    eps, c, t = torch.randn(8, 2), torch.arange(8), torch.full((8,), 400.0)
+    target, one_minus_r = m.bootstrap_target(eps, t, t - 20, c)
+    with torch.no_grad():
+        g = m.student(eps, t, c)
+    a, s = teacher.coefficients(t, eps)
+    f_c = teacher.replace(guidance_scale=1.0).x0(a * g + s * eps, t, c)
+    f_u = teacher.replace(guidance_scale=1.0).x0(a * g + s * eps, t, None)
+    torch.testing.assert_close(target, g + one_minus_r.float() * (f_u + 3.0 * (f_c - f_u) - g), rtol=1e-5, atol=1e-6)
     assert m.loss(0, torch.Generator().manual_seed(0))[1] == pytest.approx(2 * 6 / 8)
 
 

@@ -28,19 +28,35 @@ PAIRS = [(m, t) for m in METHODS for t in TEACHERS]
 
 
 def _teacher(name):
+    """The registered teacher; class-conditional ones guided (w = 2: two forwards per row)."""
     try:
-        return TEACHERS.get(name)(path=None, device="cpu")
+        teacher = TEACHERS.get(name)(path=None, device="cpu")
     except BenchError as exc:
         assert "\n" not in str(exc)
         pytest.skip(f"{name}: {exc}")
+    if teacher.num_classes:
+        teacher.guidance_scale = 2.0
+    return teacher
 
 
 def _method(name, teacher, **extra):
+    """The method on ``teacher``; skips (after checking the one-line refusal) where the method
+    declares that it takes no class-conditional teachers."""
     cls = METHODS.get(name)
     fields = {f.name for f in dataclasses.fields(cls.Config)}
     overrides = {k: v for k, v in {**TINY, **extra}.items() if k in fields}
     torch.manual_seed(0)  # MLP students start from random weights: the same in every instance
+    if teacher.num_classes and cls.no_conditions:
+        with pytest.raises(BenchError) as refused:
+            cls(teacher, cfgs.replace(cls.Config(), overrides), CPU)
+        assert str(refused.value) == cls.no_conditions and "\n" not in cls.no_conditions
+        pytest.skip(f"{name} takes no class-conditional teachers: {cls.no_conditions}")
     return cls(teacher, cfgs.replace(cls.Config(), overrides), CPU)
+
+
+def _labels(teacher, n=4) -> tuple:
+    """The samplers' extra argument: labels i mod K (as the evaluator draws them), or none."""
+    return (torch.arange(n) % teacher.num_classes,) if teacher.num_classes else ()
 
 
 def _ctx(workdir, resume_from=None):
@@ -75,12 +91,16 @@ def test_method_contract(method, teacher_name, tmp_path):
     assert cost.get("teacher_forwards", 0.0) == calls.frozen_rows, (cost, calls.frozen_rows)
     stage = m.training_stage()
     assert (stage is None) == (not cost), "a method that trains reports its training stage"
-    noise = _noise(teacher)
+    noise, labels = _noise(teacher), _labels(teacher)
     for k in m.default_nfe():
         with NetworkCalls() as calls, torch.no_grad():
-            x = m.sampler(k)(noise)
+            x = m.sampler(k)(noise, *labels)
         assert calls.calls == k, f"{method} NFE {k} made {calls.calls} network calls"
         assert x.shape == noise.shape and torch.isfinite(x).all()
+        if labels:  # the samples are of the requested classes
+            with torch.no_grad():
+                other = m.sampler(k)(noise, (labels[0] + 1) % teacher.num_classes)
+            assert not torch.allclose(x, other), f"{method} NFE {k} ignores the class"
     _shipped_student_samples_alike(m, teacher, noise, tmp_path / "student", trains=bool(cost))
     after = teacher.state_dict()
     assert before.keys() == after.keys() and all(torch.equal(v, after[k]) for k, v in before.items())
@@ -97,10 +117,11 @@ def _shipped_student_samples_alike(m, teacher, noise, folder, trains: bool):
     assert set(shipped) <= set(m.default_nfe()) and bool(shipped) == trains, (sorted(shipped), trains)
     if shipped:
         write_student(shipped, teacher, folder)
+    labels = _labels(teacher, len(noise))
     for k, d in shipped.items():
         with torch.no_grad():
-            x = apply_rule(d.rule, load_network(folder / "nets" / f"nfe_{k}"), noise)
-            torch.testing.assert_close(x, m.sampler(k)(noise), rtol=0, atol=1e-6)
+            x = apply_rule(d.rule, load_network(folder / "nets" / f"nfe_{k}"), noise, *labels)
+            torch.testing.assert_close(x, m.sampler(k)(noise, *labels), rtol=0, atol=1e-6)
 
 
 @pytest.mark.parametrize("method,teacher_name", PAIRS)

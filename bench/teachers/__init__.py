@@ -22,10 +22,10 @@ HUB_TEACHERS = {
 DATASET_SIZE = 20_000  # exact draws: the analytic teachers' data set (FID reference, training data)
 
 
-def _analytic(name: str, means, stds, weights, path: Optional[str]) -> Teacher:
+def _analytic(name: str, means, stds, weights, path: Optional[str], conditional: bool = False) -> Teacher:
     if path:
         raise BenchError(f"teacher {name!r} is analytic and takes no --teacher-path; drop it")
-    teacher = mixture_teacher(means, stds, weights, name=name)
+    teacher = mixture_teacher(means, stds, weights, name=name, conditional=conditional)
     teacher.features = "points"
     # a fixed seed: the data set is part of the teacher's definition
     teacher.dataset = lambda: sample_mixture(means, stds, weights, DATASET_SIZE,
@@ -45,6 +45,12 @@ def gmm2d(path: Optional[str] = None, device: str = "cpu") -> Teacher:
     return _analytic("gmm2d", *gmm2d_params(), path)
 
 
+@TEACHERS.register("gmm2d_cond", "exact teacher: gmm2d, class-conditional (class c = component c, label 8 = "
+                                 "no class), for classifier-free guidance")
+def gmm2d_cond(path: Optional[str] = None, device: str = "cpu") -> Teacher:
+    return _analytic("gmm2d_cond", *gmm2d_params(), path, conditional=True)
+
+
 def _shipped(name: str, path: Optional[str], device: str) -> Teacher:
     """A teacher whose weights ship in bench/assets/<name> (or --teacher-path), on the digits data."""
     from bench import __version__
@@ -58,12 +64,19 @@ def _shipped(name: str, path: Optional[str], device: str) -> Teacher:
                                name=name, device=device)
     teacher.features = "digits-cnn"
     teacher.dataset = lambda: digits_split("train")[0]
+    teacher.dataset_labels = lambda: digits_split("train")[1]
     return teacher
 
 
 @TEACHERS.register("digits", "embedded default: 0.7M-param UNet on sklearn's 8x8 digits (shipped)")
 def digits(path: Optional[str] = None, device: str = "cpu") -> Teacher:
     return _shipped("digits", path, device)
+
+
+@TEACHERS.register("digits_cond", "the digits UNet class-conditional (10 digits + no class, label "
+                                  "dropout 0.1) for classifier-free guidance (shipped)")
+def digits_cond(path: Optional[str] = None, device: str = "cpu") -> Teacher:
+    return _shipped("digits_cond", path, device)
 
 
 @TEACHERS.register("digits_eps", "the digits UNet as eps-prediction on DDPM's linear schedule, like "

@@ -35,8 +35,10 @@ class GaussianMixtureDenoiser(nn.Module):
         resid = x - a * self.mu
         log_lik = -0.5 * (resid ** 2 / var + torch.log(2 * math.pi * var)).sum(-1)
         resp = torch.softmax(self.log_w + log_lik, dim=-1)  # (B, K)
-        if cond is not None:  # class-conditional: the class is the component
-            resp = torch.nn.functional.one_hot(cond.long(), resp.shape[-1]).to(resp.dtype)
+        if cond is not None:  # class-conditional: the class is the component; label K: no class
+            K, c = resp.shape[-1], cond.long().to(resp.device)
+            one_hot = torch.nn.functional.one_hot(c.clamp(max=K - 1), K).to(resp.dtype)
+            resp = torch.where((c < K)[:, None], one_hot, resp)
         post = self.mu + a * self.s2 * resid / var  # (B, K, D) per-component E[x | x_t, k]
         return (resp[..., None] * post).sum(1).view_as(x_t).to(x_t.dtype)
 

@@ -7,6 +7,13 @@ parameterisation; the adapter converts it at call time so every method sees the 
 Students may also use Salimans & Ho's "both" output (``x_and_epsilon``, sec. 4): two heads,
 x~ and eps~, merged as x0 = sigma_t^2 x~ + alpha_t (x_t - sigma_t eps~), which is stable at
 both ends of the schedule.
+
+Class-conditional teachers take labels 0..K-1, and label K (``num_classes``) for "no class", the
+unconditional branch that label dropout trained. With ``guidance_scale`` w != 1 every prediction is
+classifier-free guided (Ho & Salimans 2022, eq. 6, written as diffusers' pipelines write it):
+out = out_u + w (out_c - out_u) on the network's native output, before the conversion to
+(x0, eps) and before x0 is clipped. The conditional and unconditional rows go through the
+network in one batched call, so a guided row costs two teacher forwards and one NFE.
 """
 from __future__ import annotations
 
@@ -21,7 +28,8 @@ from bench.schedule import NoiseSchedule
 
 PREDICTION_TYPES = ("epsilon", "sample", "v_prediction", "x_and_epsilon")
 _FIELDS = ("net", "schedule", "prediction_type", "sample_shape", "provenance", "clip_x0", "data_range",
-           "num_classes", "is_image", "features", "dataset", "autocast", "scheduler_config")
+           "num_classes", "is_image", "features", "dataset", "autocast", "scheduler_config",
+           "guidance_scale", "dataset_labels")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,6 +73,8 @@ class Teacher(nn.Module):
         dataset: Optional[Callable[[], torch.Tensor]] = None,
         autocast: bool = False,
         scheduler_config: Optional[dict] = None,
+        guidance_scale: float = 1.0,
+        dataset_labels: Optional[Callable[[], torch.Tensor]] = None,
     ):
         super().__init__()
         if prediction_type not in PREDICTION_TYPES:
@@ -82,6 +92,10 @@ class Teacher(nn.Module):
         self.dataset = dataset  # real data for FID and data-based methods, or None
         self.autocast = autocast
         self.scheduler_config = scheduler_config
+        if guidance_scale != 1.0 and not num_classes:
+            raise ValueError(f"guidance scale {guidance_scale} needs a class-conditional teacher")
+        self.guidance_scale = float(guidance_scale)
+        self.dataset_labels = dataset_labels  # the class of each row of dataset(), where known
 
     def replace(self, **changes) -> "Teacher":
         """The same teacher with some attributes changed (e.g. another ``net``). Never
@@ -94,6 +108,25 @@ class Teacher(nn.Module):
     @property
     def T(self) -> int:
         return self.schedule.T
+
+    @property
+    def guided(self) -> bool:
+        """Whether a prediction runs the network twice per row (classifier-free guidance)."""
+        return bool(self.num_classes) and self.guidance_scale != 1.0
+
+    @property
+    def forwards_per_row(self) -> float:
+        """Teacher forward passes a prediction costs per row: 2 when guided, else 1."""
+        return 2.0 if self.guided else 1.0
+
+    def labels(self, cond, n: int, device) -> Optional[torch.Tensor]:
+        """The labels a conditional network sees: ``cond`` as long, or "no class" (label
+        ``num_classes``) for every row where ``cond`` is None; None for unconditional teachers."""
+        if not self.num_classes:
+            return cond
+        if cond is None:
+            return torch.full((n,), self.num_classes, dtype=torch.long, device=device)
+        return torch.as_tensor(cond, device=device).long().expand(n)
 
     def fingerprint(self) -> dict:
         """Everything that defines this teacher's predictions, for cache keys: provenance,
@@ -108,7 +141,8 @@ class Teacher(nn.Module):
         return {**dataclasses.asdict(self.provenance), "prediction_type": self.prediction_type,
                 "clip_x0": self.clip_x0, "data_range": list(self.data_range),
                 "sample_shape": list(self.sample_shape), "num_classes": self.num_classes,
-                "schedule": schedule[:16], "net": net.hexdigest()[:16]}
+                "schedule": schedule[:16], "net": net.hexdigest()[:16],
+                **({"guidance_scale": self.guidance_scale} if self.guided else {})}
 
     @torch.no_grad()
     def nonfinite(self) -> str:
@@ -139,6 +173,15 @@ class Teacher(nn.Module):
         s = self.schedule.sigma(t.cpu()).to(like.device, like.dtype).view(view)
         return a, s
 
+    def _guided(self, x_t: torch.Tensor, t: torch.Tensor, cond) -> torch.Tensor:
+        """The native output, classifier-free guided where ``guided`` (module docstring)."""
+        c = self.labels(cond, len(x_t), x_t.device)
+        if not self.guided:
+            return self._net(x_t, t, c)
+        none = torch.full_like(c, self.num_classes)
+        out_c, out_u = self._net(torch.cat([x_t, x_t]), torch.cat([t, t]), torch.cat([c, none])).chunk(2)
+        return out_u + self.guidance_scale * (out_c - out_u)
+
     def _net(self, x_t: torch.Tensor, t: torch.Tensor, cond) -> torch.Tensor:
         if self.autocast:
             return self.net(x_t, t, cond)
@@ -146,9 +189,10 @@ class Teacher(nn.Module):
             return _full(self.net(_full(x_t), t, cond))
 
     def predict(self, x_t: torch.Tensor, t, cond=None) -> tuple[torch.Tensor, torch.Tensor]:
-        """(x0-prediction f, eps-prediction e) for x_t at step t; f clipped if ``clip_x0``."""
+        """(x0-prediction f, eps-prediction e) for x_t at step t, guided where ``guided``;
+        f clipped if ``clip_x0`` (after guidance)."""
         t = torch.as_tensor(t, dtype=torch.float32, device=x_t.device).expand(x_t.shape[0])
-        out = self._net(x_t, t, cond)
+        out = self._guided(x_t, t, cond)
         if not self.autocast:
             x_t = _full(x_t)
         a, s = self.coefficients(t, x_t)
@@ -174,9 +218,10 @@ class Teacher(nn.Module):
         return x0, eps
 
     def output(self, x_t: torch.Tensor, t, cond=None) -> torch.Tensor:
-        """The network's raw output at (x_t, t): its native parameterisation, what it was trained on."""
+        """The network's raw output at (x_t, t): its native parameterisation, what it was trained on
+        (guided where ``guided``)."""
         t = torch.as_tensor(t, dtype=torch.float32, device=x_t.device).expand(x_t.shape[0])
-        return self._net(x_t, t, cond)
+        return self._guided(x_t, t, cond)
 
     def x0(self, x_t, t, cond=None) -> torch.Tensor:
         return self.predict(x_t, t, cond)[0]

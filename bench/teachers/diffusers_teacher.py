@@ -99,6 +99,9 @@ class _UNetNet(torch.nn.Module):
         self.unet = unet
 
     def forward(self, x_t: torch.Tensor, t: torch.Tensor, cond=None) -> torch.Tensor:
+        embeds = self.unet.config.get("num_class_embeds")
+        if cond is None and embeds:  # a class-embedding UNet must get labels: the last one is "no class"
+            cond = torch.full((len(x_t),), embeds - 1, dtype=torch.long, device=x_t.device)
         return self.unet(x_t, t, class_labels=cond).sample
 
 
@@ -116,7 +119,14 @@ def _load_failure(exc: BaseException) -> str:
 
 def unet_teacher(unet, scheduler, provenance: Provenance,
                  num_classes: Optional[int] = None) -> Teacher:
+    """The Teacher of a diffusers UNet2DModel and its DDPM-style scheduler. A UNet with
+    ``num_class_embeds`` = K + 1 (and no other class-embedding type) is read as K classes plus
+    the "no class" label K of classifier-free guidance, as ``bench teacher train digits_cond``
+    trains it."""
     cfg = scheduler.config
+    embeds = unet.config.get("num_class_embeds")
+    if num_classes is None and embeds and unet.config.get("class_embed_type") is None:
+        num_classes = embeds - 1
     shape = (unet.config.in_channels, unet.config.sample_size, unet.config.sample_size)
     return Teacher(
         _UNetNet(unet),

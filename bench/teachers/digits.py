@@ -45,6 +45,11 @@ class DigitsRecipe:
                                                      "squaredcos_cap_v2 (cosine, digits) or linear "
                                                      "(DDPM's betas 1e-4..0.02, digits_eps and the hub "
                                                      "teachers)", choices=("squaredcos_cap_v2", "linear"))
+    num_classes: int = option(0, "class-conditional with this many classes (digits_cond: 10); the "
+                                 "UNet embeds num_classes + 1 labels, the last one meaning no class")
+    label_dropout: float = option(0.1, "share of training images shown with the no-class label, so "
+                                       "the network also learns the unconditional model that "
+                                       "classifier-free guidance needs (Ho & Salimans 2022)")
 
     def __post_init__(self):
         check_choices(self)
@@ -52,7 +57,8 @@ class DigitsRecipe:
 
 # the shipped teachers: name -> (recipe, folder); `bench teacher train NAME` reproduces each
 RECIPES = {"digits": DigitsRecipe(),
-           "digits_eps": DigitsRecipe(prediction_type="epsilon", beta_schedule="linear")}
+           "digits_eps": DigitsRecipe(prediction_type="epsilon", beta_schedule="linear"),
+           "digits_cond": DigitsRecipe(num_classes=10)}
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
 
 
@@ -63,7 +69,8 @@ def make_unet(recipe: DigitsRecipe):
     ups = tuple(t.replace("Down", "Up") for t in reversed(downs))
     return UNet2DModel(sample_size=8, in_channels=1, out_channels=1, layers_per_block=1,
                        block_out_channels=recipe.block_out_channels, down_block_types=downs,
-                       up_block_types=ups, norm_num_groups=8, attention_head_dim=32)
+                       up_block_types=ups, norm_num_groups=8, attention_head_dim=32,
+                       num_class_embeds=recipe.num_classes + 1 if recipe.num_classes else None)
 
 
 def make_scheduler(recipe: DigitsRecipe = DigitsRecipe()):
@@ -79,15 +86,16 @@ def train_digits_teacher(recipe: DigitsRecipe, out_dir: Path,
                          progress: Optional[Callable[[int, float], None]] = None) -> Path:
     """Train the digits UNet and save the EMA weights to out_dir.
 
-    Loss: || net(x_t, t) - target ||^2 with x_t = alpha_t x0 + sigma_t eps, t uniform on
+    Loss: || net(x_t, t[, c]) - target ||^2 with x_t = alpha_t x0 + sigma_t eps, t uniform on
     {0, ..., T-1}, and target v = alpha_t eps - sigma_t x0 (v_prediction) or eps (epsilon,
-    DDPM's L_simple, Ho et al. 2020 eq. 14).
+    DDPM's L_simple, Ho et al. 2020 eq. 14); class-conditional recipes show the digit's label c,
+    or the no-class label with probability ``label_dropout``.
     """
     from diffusers import DDPMPipeline
 
     torch.manual_seed(recipe.seed)
     gen = torch.Generator().manual_seed(recipe.seed)
-    x_train, _ = digits_split("train")
+    x_train, y_train = digits_split("train")
     unet, scheduler = make_unet(recipe), make_scheduler(recipe)
     ema = copy.deepcopy(unet).requires_grad_(False)
     alpha_bar = scheduler.alphas_cumprod.float()
@@ -95,15 +103,17 @@ def train_digits_teacher(recipe: DigitsRecipe, out_dir: Path,
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: min(1.0, (i + 1) / recipe.warmup)
                                               * 0.5 * (1 + math.cos(math.pi * i / recipe.iterations)))
     for it in range(recipe.iterations):
-        x0 = x_train[torch.randint(0, len(x_train), (recipe.batch_size,), generator=gen)]
+        rows = torch.randint(0, len(x_train), (recipe.batch_size,), generator=gen)
+        x0 = x_train[rows]
         t = torch.randint(0, scheduler.config.num_train_timesteps, (recipe.batch_size,), generator=gen)
         eps = torch.randn(x0.shape, generator=gen)
+        labels = _labels(recipe, y_train[rows], gen)
         a, s = alpha_bar[t].sqrt().view(-1, 1, 1, 1), (1 - alpha_bar[t]).sqrt().view(-1, 1, 1, 1)
         if recipe.prediction_type == "epsilon":
             target = eps  # DDPM's eps target (Ho et al. 2020, eq. 14)
         else:
             target = a * eps - s * x0  # the v target (Salimans & Ho 2022, eq. in sec. 4)
-        loss = (unet(a * x0 + s * eps, t).sample - target).pow(2).mean()
+        loss = (unet(a * x0 + s * eps, t, class_labels=labels).sample - target).pow(2).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -117,3 +127,12 @@ def train_digits_teacher(recipe: DigitsRecipe, out_dir: Path,
     DDPMPipeline(unet=ema, scheduler=scheduler).save_pretrained(out_dir, safe_serialization=True)
     (out_dir / "recipe.json").write_text(to_json(recipe))
     return out_dir
+
+
+def _labels(recipe: DigitsRecipe, y: torch.Tensor, gen: torch.Generator) -> Optional[torch.Tensor]:
+    """The labels shown with a batch: the digits' own, the no-class label (num_classes) for a
+    ``label_dropout`` share, or None for an unconditional recipe."""
+    if not recipe.num_classes:
+        return None
+    dropped = torch.rand(len(y), generator=gen) < recipe.label_dropout
+    return torch.where(dropped, torch.full_like(y, recipe.num_classes), y.long())
