@@ -163,3 +163,65 @@ def test_a_guided_conditional_run_end_to_end(tracking_uri, tmp_path, capsys):
                  "--tracking-uri", tracking_uri]) == 0
     logged = np.load(client.download_artifacts(run.info.run_id, "samples/nfe_16.npz", str(tmp_path)))["x"]
     np.testing.assert_allclose(np.load(out / "samples.npz")["x"], logged[:40], atol=1e-5)
+
+
+def _unet_teacher(w: float = 1.0):
+    """A tiny random class-embedding UNet (4 classes + no class) as diffusers would hold it."""
+    from diffusers import DDPMScheduler
+
+    from bench.teachers.diffusers_teacher import unet_teacher
+    from conftest import tiny_unet
+
+    net = tiny_unet(num_class_embeds=5).eval().requires_grad_(False)
+    teacher = unet_teacher(net, DDPMScheduler(num_train_timesteps=100, prediction_type="v_prediction"),
+                           Provenance("test"))
+    teacher.guidance_scale = w
+    return teacher
+
+
+def test_a_class_embedding_unet_is_k_classes_plus_no_class():
+    teacher = _unet_teacher()
+    assert teacher.num_classes == 4
+    x = torch.randn(3, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(teacher.x0(x, 50, None), teacher.x0(x, 50, torch.full((3,), 4)))
+    assert not torch.allclose(teacher.x0(x, 50, None), teacher.x0(x, 50, torch.zeros(3, dtype=torch.long)))
+    t = torch.full((3,), 50.0)  # the network itself (students copy it) reads no label as "no class"
+    torch.testing.assert_close(teacher.net(x, t, None), teacher.net(x, t, torch.full((3,), 4)))
+
+
+def test_the_fake_score_follows_the_unguided_teacher():
+    """DMD2's f_psi models the generator's conditional distribution: it starts as the teacher's
+    network, unguided, while the real score f_phi is guided (so with w != 1 they differ at once)."""
+    from bench import config as cfgs
+    from methods.dmd2 import DMD2
+
+    teacher = _unet_teacher(3.0)
+    m = DMD2(teacher, cfgs.replace(DMD2.Config(), {"batch_size": 4}), CPU)
+    x, c = torch.randn(3, 1, 8, 8, generator=torch.Generator().manual_seed(1)), torch.tensor([0, 1, 3])
+    plain = teacher.replace(guidance_scale=1.0, clip_x0=False)
+    with torch.no_grad():
+        torch.testing.assert_close(m.fake.x0(x, 40, c), plain.x0(x, 40, c))
+        torch.testing.assert_close(m.real.x0(x, 40, c), teacher.replace(clip_x0=False).x0(x, 40, c))
+        assert not torch.allclose(m.fake.x0(x, 40, c), m.real.x0(x, 40, c))
+        # the generator loss compares the two at the generated samples' own labels
+        t, eps = torch.full((3,), 40.0), torch.randn(x.shape, generator=torch.Generator().manual_seed(2))
+        a, s = teacher.coefficients(t, x)
+        f_real, f_fake = m.scores(x, t, eps, c)
+        torch.testing.assert_close(f_real, teacher.replace(clip_x0=False).x0(a * x + s * eps, t, c))
+        torch.testing.assert_close(f_fake, plain.x0(a * x + s * eps, t, c))
+
+
+def test_per_class_fid_scores_each_class_against_its_own_rows():
+    """Two classes far apart: each class's samples against its own reference rows score ~0,
+    while the pooled FID is not small for a sample set with the classes' shares swapped."""
+    from bench.evaluator import ReferenceStats, fid_from_features, per_class_fid
+
+    gen = torch.Generator().manual_seed(0)
+    ref_x = torch.cat([torch.randn(400, 2, generator=gen) - 5, torch.randn(400, 2, generator=gen) + 5])
+    ref = ReferenceStats.from_features(ref_x.double(), labels=torch.arange(800) // 400)
+    fake, labels = torch.randn(300, 2, generator=gen).double(), torch.arange(300) % 2
+    fake = fake + torch.where(labels == 0, -5.0, 5.0).double()[:, None]
+    out = per_class_fid(fake, labels, ref, dim=2)
+    assert set(out) == {0, 1} and max(out.values()) < 0.1, out
+    assert fid_from_features(fake[labels == 0], ref_x) > 10  # one class against both: far
+    assert set(per_class_fid(fake[:3], labels[:3], ref, dim=2)) == {0}  # class 1 has 1 row < dim: left out
