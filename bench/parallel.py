@@ -21,7 +21,7 @@ from __future__ import annotations
 import dataclasses
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import torch
 
@@ -44,7 +44,7 @@ def distill_on_workers(run_cfg, method, ctx: DistillContext) -> dict[str, float]
     layout = Streams(ctx.seed, cfg.batch_size, cfg.micro_batches, world=run_cfg.workers)
     if ctx.resume_from:
         layout.load(Streams.saved(read_checkpoint(ctx.resume_from, mmap=True)), f"checkpoint {ctx.resume_from}")
-    _init_ray(run_cfg.address)
+    init_ray(run_cfg.address)
     from ray.util.queue import Queue
 
     payload = {"run_cfg": run_cfg, "method_cls": type(method), "method_cfg": cfg,
@@ -61,15 +61,17 @@ def distill_on_workers(run_cfg, method, ctx: DistillContext) -> dict[str, float]
     return dict(method.distill(done))
 
 
-def _init_ray(address) -> None:
-    """A local Ray, or the cluster at ``address``; inside a sweep trial, the sweep's own."""
+def init_ray(address: Optional[str] = None, log_to_driver: bool = False) -> None:
+    """A local Ray, or the cluster at ``address``; a Ray already started in this process (a sweep
+    trial's, a test's) is used as it is. `bench run --workers`, sweeps and `bench perf` all start
+    it here."""
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     import ray
 
     if ray.is_initialized():
         return
     try:
-        ray.init(address=address, include_dashboard=False, log_to_driver=False,
+        ray.init(address=address, include_dashboard=False, log_to_driver=log_to_driver,
                  configure_logging=True, logging_level="WARNING")
     except ConnectionError as exc:
         raise BenchError(f"cannot reach the Ray cluster at {address}: {first_line(exc)}; "

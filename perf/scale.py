@@ -9,7 +9,6 @@ steps of the real loop (medians over blocks, as the train section).
 """
 from __future__ import annotations
 
-import os
 import statistics
 import tempfile
 
@@ -44,14 +43,13 @@ def measure_scaling(method: str, teacher, arch, overrides: dict, workers: tuple[
                     warmup: int, blocks: int, gpus_per_worker: float = 0.0,
                     cpus_per_worker: float = 1.0) -> dict[str, float]:
     """``{method}_scale_images_per_second_w{N}`` and ``..._efficiency_w{N}`` for each N."""
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    import ray
     from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
     from ray.util.queue import Queue
 
-    if not ray.is_initialized():
-        ray.init(include_dashboard=False, log_to_driver=False, configure_logging=True, logging_level="WARNING")
+    from bench.parallel import init_ray
+
+    init_ray()
     overrides = {"checkpoint_every": 0, "eval_every": 0, **overrides}
     out: dict[str, float] = {}
     with tempfile.TemporaryDirectory(prefix="bench-scale-") as tmp:

@@ -94,17 +94,9 @@ def _load_state(exp_dir: Path, resume: bool) -> dict:
 def _init_ray(address: Optional[str], verbose: int) -> None:
     # one checkpoint per evaluation period is what we want; Ray warns about it without this
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    import ray
+    from bench.parallel import init_ray
 
-    if ray.is_initialized():
-        return
-    try:
-        ray.init(address=address, include_dashboard=False, log_to_driver=verbose > 1,
-                 configure_logging=True, logging_level="WARNING")
-    except ConnectionError as exc:
-        raise BenchError(f"cannot reach the Ray cluster at {address}: {str(exc).splitlines()[0]}; "
-                         f"check --address (ray status on the head node prints it)") from None
+    init_ray(address, log_to_driver=verbose > 1)
 
 
 def _tuner(spec: SweepSpec, parent_run_id: str, uri: str, exp_dir: Path, resume: bool, verbose: int):

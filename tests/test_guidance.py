@@ -12,7 +12,6 @@ from bench.schedule import NoiseSchedule
 from bench.teachers.analytic import gmm2d_params, mixture_teacher
 from bench.teachers.base import Provenance, Teacher
 
-pytestmark = pytest.mark.fast
 CPU = torch.device("cpu")
 
 
@@ -46,6 +45,7 @@ def _reference(x, t, c, w, K=4, T=100):
     return x0, x0.clamp(-1, 1), eps
 
 
+@pytest.mark.fast
 @pytest.mark.parametrize("w", [1.0, 2.5, 4.0])
 def test_guided_prediction_equals_the_formula_before_clipping(w):
     x = torch.randn(6, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64) * 0.3
@@ -62,6 +62,7 @@ def test_guided_prediction_equals_the_formula_before_clipping(w):
     torch.testing.assert_close(x, a.sqrt() * x0 + (1 - a).sqrt() * eps, rtol=1e-6, atol=1e-6)
 
 
+@pytest.mark.fast
 def test_a_guided_row_is_one_call_of_two_teacher_rows():
     x, c = torch.randn(5, 3, dtype=torch.float64), torch.arange(5) % 4
     for w, rows in ((1.0, 5), (3.0, 10)):
@@ -71,6 +72,7 @@ def test_a_guided_row_is_one_call_of_two_teacher_rows():
         assert (calls.calls, calls.frozen_rows, teacher.forwards_per_row) == (1, rows, rows / 5)
 
 
+@pytest.mark.fast
 def test_no_label_is_the_unconditional_branch():
     teacher = mixture_teacher(*gmm2d_params(), conditional=True)
     plain = mixture_teacher(*gmm2d_params())
@@ -80,6 +82,7 @@ def test_no_label_is_the_unconditional_branch():
     assert not torch.allclose(teacher.x0(x, 300, torch.zeros(8, dtype=torch.long)), plain.x0(x, 300))
 
 
+@pytest.mark.fast
 def test_guided_mixture_against_float64_reference():
     teacher = mixture_teacher(*gmm2d_params(), conditional=True)
     guided = teacher.replace(guidance_scale=3.0)
@@ -88,6 +91,7 @@ def test_guided_mixture_against_float64_reference():
     torch.testing.assert_close(guided.x0(x, 500, c).double(), f_u + 3.0 * (f_c - f_u), rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.fast
 def test_guidance_needs_a_conditional_teacher():
     from bench.assemble import load_run_teacher
     from bench.run_config import RunConfig
@@ -98,6 +102,7 @@ def test_guidance_needs_a_conditional_teacher():
         load_run_teacher(RunConfig(teacher="gmm2d", guidance_scale=2.0), CPU)
 
 
+@pytest.mark.fast
 def test_labels_follow_the_sample_index_not_the_batch():
     def sampler(noise, cond=None):
         return noise + cond[:, None].float()
@@ -111,6 +116,7 @@ def test_labels_follow_the_sample_index_not_the_batch():
     torch.testing.assert_close(a - noise, (torch.arange(30) % 8)[:, None].float().expand(30, 2))
 
 
+@pytest.mark.fast
 @pytest.mark.parametrize("shift,lo,hi", [(0, 0.95, 1.0), (1, 0.0, 0.05)])
 def test_class_accuracy_reads_the_requested_digit(shift, lo, hi):
     """A "sampler" that returns held-out digits of the label it is asked for (shift 0) is read
@@ -179,6 +185,7 @@ def _unet_teacher(w: float = 1.0):
     return teacher
 
 
+@pytest.mark.fast
 def test_a_class_embedding_unet_is_k_classes_plus_no_class():
     teacher = _unet_teacher()
     assert teacher.num_classes == 4
@@ -189,6 +196,7 @@ def test_a_class_embedding_unet_is_k_classes_plus_no_class():
     torch.testing.assert_close(teacher.net(x, t, None), teacher.net(x, t, torch.full((3,), 4)))
 
 
+@pytest.mark.fast
 def test_the_fake_score_follows_the_unguided_teacher():
     """DMD2's f_psi models the generator's conditional distribution: it starts as the teacher's
     network, unguided, while the real score f_phi is guided (so with w != 1 they differ at once)."""
@@ -211,6 +219,7 @@ def test_the_fake_score_follows_the_unguided_teacher():
         torch.testing.assert_close(f_fake, plain.x0(a * x + s * eps, t, c))
 
 
+@pytest.mark.fast
 def test_per_class_fid_scores_each_class_against_its_own_rows():
     """Two classes far apart: each class's samples against its own reference rows score ~0,
     while the pooled FID is not small for a sample set with the classes' shares swapped."""

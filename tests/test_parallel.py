@@ -101,22 +101,33 @@ def _history(uri: str):
 
 
 RUN = ["run", "--method", "boot", "--teacher", "gmm2d", "--nfe", "1", "--num-samples", "100", "--metrics", "fid",
-       "--set", "iterations=30", "--set", "batch_size=16", "--set", "log_every=1", "--quiet"]
+       "--set", "iterations=80", "--set", "batch_size=16", "--set", "log_every=1", "--set", "checkpoint_every=10",
+       "--quiet"]
 
 
-def test_two_workers_reproduce_two_micro_batches(tmp_path):
+@pytest.fixture(scope="module")
+def two_workers(tmp_path_factory):
+    """One uninterrupted 2-worker run (Ray Train), shared by the tests below: its store's URI."""
+    folder = tmp_path_factory.mktemp("whole")
+    uri = f"sqlite:///{folder / 'whole'}.db"
+    done = run_bench([*RUN, "--workers", "2", "--tracking-uri", uri], folder, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return uri
+
+
+def test_two_workers_reproduce_two_micro_batches(two_workers, tmp_path):
     """BOOT on 2 gloo workers (Ray Train) against one process with 2 micro-batches and one with 1:
     the 2-worker loss curve equals the 2-micro-batch one to float32 rounding (the gradient sum
     runs in another order), the teacher-forward count is the same for all three, and the
     2-worker run logs one MLflow run with the same metric names."""
-    runs = {}
-    for name, extra in (("w2", ["--workers", "2"]), ("m2", ["--set", "micro_batches=2"]), ("w1", [])):
+    runs = {"w2": _history(two_workers)}
+    for name, extra in (("m2", ["--set", "micro_batches=2"]), ("w1", [])):
         uri = f"sqlite:///{tmp_path / name}.db"
         done = run_bench([*RUN, "--tracking-uri", uri, *extra], tmp_path, timeout=400)
         assert done.returncode == 0, done.stderr[-3000:]
         runs[name] = _history(uri)
     (w2, loss_w2, tf_w2), (m2, loss_m2, tf_m2), (w1, loss_w1, tf_w1) = runs["w2"], runs["m2"], runs["w1"]
-    assert len(loss_w2) == 30 and torch.allclose(torch.tensor(loss_w2), torch.tensor(loss_m2), rtol=1e-4, atol=1e-7)
+    assert len(loss_w2) == 80 and torch.allclose(torch.tensor(loss_w2), torch.tensor(loss_m2), rtol=1e-4, atol=1e-7)
     assert loss_w2 != loss_w1  # other streams: another (equally valid) draw of the same global batch
     assert tf_w2 == tf_m2 == tf_w1
     assert w2.data.params["workers"] == "2" and w1.data.params["workers"] == "1"
@@ -150,17 +161,15 @@ def _killed_run(args, uri, cwd):
     return proc.returncode, err
 
 
-def test_a_killed_worker_fails_cleanly_or_is_restarted_and_both_finish_exactly(tmp_path):
+def test_a_killed_worker_fails_cleanly_or_is_restarted_and_both_finish_exactly(two_workers, tmp_path):
     """Kill one of 2 workers after the first checkpoint. Without retries the run fails in one
     line naming the newest checkpoint, and bench run --resume finishes it; with
     --worker-retries 1 Ray Train restarts the workers from that checkpoint and the run finishes
-    by itself. Both loss curves, from the checkpoint on, equal an uninterrupted run's."""
-    args = [*RUN[:-1], "--set", "iterations=80", "--set", "checkpoint_every=10", "--workers", "2"]
-    uris = {name: f"sqlite:///{tmp_path / name}.db" for name in ("whole", "failed", "retried")}
-    for name in uris:  # each run in its own folder: checkpoints/ tells the killer when to strike
+    by itself. Both loss curves, from the checkpoint on, equal the uninterrupted run's."""
+    args = [*RUN[:-1], "--workers", "2"]  # not quiet: the failure's last line is read
+    uris = {"whole": two_workers, **{name: f"sqlite:///{tmp_path / name}.db" for name in ("failed", "retried")}}
+    for name in ("failed", "retried"):  # each run in its own folder: checkpoints/ tells the killer when to strike
         (tmp_path / name).mkdir()
-    whole = run_bench([*args, "--quiet", "--tracking-uri", uris["whole"]], tmp_path / "whole", timeout=600)
-    assert whole.returncode == 0, whole.stderr[-3000:]
     rc, err = _killed_run(args, uris["failed"], tmp_path / "failed")
     assert rc != 0
     assert re.search(r"training on 2 workers failed: .*; the newest checkpoint in .* is the last good state: "
