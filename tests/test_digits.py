@@ -47,6 +47,26 @@ def test_shipped_teacher_quality_pinned(name, fid16, fid2):
     assert abs(got16 - fid16) < 0.05 and abs(got2 - fid2) < 0.5, (got16, got2)
 
 
+def test_shipped_conditional_teacher_contract_and_quality_pinned():
+    """digits_cond: 10 classes + no class, labelled data; DDIM-16 on n = 250 samples labelled
+    i mod 10, measured when the weights were shipped: FID 0.653 at w = 1 and 1.283 at w = 4
+    (guidance trades FID for fidelity), every sample read as its requested digit at both."""
+    from bench.registry import METHODS
+
+    teacher = load_teacher("digits_cond")
+    assert teacher.num_classes == 10 and teacher.prediction_type == "v_prediction"
+    assert torch.equal(torch.as_tensor(teacher.dataset_labels()).unique(), torch.arange(10))
+    assert teacher.provenance.sha256 == sha256_of(ASSETS / "digits_cond" / "unet" / "diffusion_pytorch_model.safetensors")
+    extractor = get_extractor("digits-cnn")
+    ref = ReferenceStats.from_features(extractor(teacher.dataset()))
+    ddim = METHODS.get("ddim")(teacher, METHODS.get("ddim").Config(), torch.device("cpu"))
+    spec = SampleSpec(teacher.sample_shape, 250, 0, 250, torch.device("cpu"), num_classes=10)
+    for w, fid16 in ((1.0, 0.653), (4.0, 1.283)):
+        teacher.guidance_scale = w
+        ev = evaluate(ddim.sampler(16), spec, ref, extractor)
+        assert abs(ev.fid - fid16) < 0.05 and ev.class_accuracy >= 0.99, (w, ev.fid, ev.class_accuracy)
+
+
 def test_teacher_train_command_reproduces_layout(tmp_path, capsys):
     out = tmp_path / "digits"
     assert main(["teacher", "train", "digits", "--out", str(out), "--set", "iterations=3",
@@ -60,6 +80,10 @@ def test_teacher_train_command_reproduces_layout(tmp_path, capsys):
                  "--set", "batch_size=8"]) == 0
     teacher = load_teacher("digits_eps", path=str(out))
     assert teacher.prediction_type == "epsilon" and teacher.schedule.name == "linear"
+    out = tmp_path / "digits_cond"
+    assert main(["teacher", "train", "digits_cond", "--out", str(out), "--set", "iterations=2",
+                 "--set", "batch_size=8"]) == 0
+    assert load_teacher("digits_cond", path=str(out)).num_classes == 10
 
 
 def test_features_train_command(tmp_path, capsys):
