@@ -28,11 +28,16 @@ def resolve_device(name: str) -> torch.device:
 
 
 def load_run_teacher(run_cfg: RunConfig, device: torch.device, path=None):
-    """The run's teacher on ``device`` (from ``path`` where given, else --teacher-path), guided at
-    --guidance-scale; a scale for an unconditional teacher is a BenchError."""
+    """The run's teacher on ``device`` (from ``path`` where given, else --teacher-path), with the
+    run's --prompts (text-to-image teachers), guided at --guidance-scale; a scale for an
+    unconditional teacher, or prompts for a teacher without text, is a BenchError."""
     from bench.teachers import load_teacher
 
     teacher = load_teacher(run_cfg.teacher, path or run_cfg.teacher_path, device=str(device)).to(device)
+    if run_cfg.prompts:
+        from bench.teachers.text import read_prompts, use_prompts
+
+        use_prompts(teacher, read_prompts(run_cfg.prompts))
     if run_cfg.guidance_scale != 1.0:
         if not teacher.num_classes:
             raise BenchError(f"--guidance-scale {run_cfg.guidance_scale:g} needs a class-conditional "
@@ -78,8 +83,7 @@ def quick_eval(teacher, extractor, ref, run_cfg, device):
     from bench.evaluator import SampleSpec, evaluate
 
     def quick(sampler, n: int) -> float:
-        spec = SampleSpec(teacher.sample_shape, max(n, extractor.dim, 2), run_cfg.seed, run_cfg.batch_size,
-                          device, teacher.num_classes)
+        spec = SampleSpec.of(teacher, max(n, extractor.dim, 2), run_cfg.seed, run_cfg.batch_size, device)
         try:
             with torch.no_grad():
                 return evaluate(sampler, spec, ref, extractor, metrics=("fid",), keep_samples=0).fid

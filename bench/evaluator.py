@@ -210,6 +210,12 @@ class SampleSpec:
     batch_size: int
     device: torch.device
     num_classes: Optional[int] = None
+    decode: Optional[Callable] = None  # latent teachers: latents -> images, after the sampler
+
+    @classmethod
+    def of(cls, teacher, n: int, seed: int, batch_size: int, device) -> "SampleSpec":
+        """The samples of ``teacher``: its shape, its classes (labels i mod K), its decoder."""
+        return cls(teacher.sample_shape, n, seed, batch_size, device, teacher.num_classes, teacher.decoder())
 
     def batches(self) -> list[range]:
         return [range(i, min(i + self.batch_size, self.n)) for i in range(0, self.n, self.batch_size)]
@@ -240,7 +246,9 @@ def generate(sampler: Callable, spec: SampleSpec, *, progress: Optional[Callable
     samples (default: all) are returned.
     """
     keep, device, batches = spec.n if keep is None else keep, spec.device, spec.batches()
-    sampler(*spec.inputs(batches[0]))  # warm-up: lazy init, caches
+    warm = sampler(*spec.inputs(batches[0]))  # warm-up: lazy init, caches
+    if spec.decode is not None:
+        spec.decode(warm)
     _sync(device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
@@ -249,6 +257,8 @@ def generate(sampler: Callable, spec: SampleSpec, *, progress: Optional[Callable
         inputs = spec.inputs(idx)
         start = time.perf_counter()
         x = sampler(*inputs)
+        if spec.decode is not None:  # timed: an image of a latent model costs its decoding too
+            x = spec.decode(x)
         _sync(device)
         times.append((len(idx), time.perf_counter() - start))
         x = x.float()

@@ -164,5 +164,5 @@ def _quick(run_cfg, teacher, device):
     from bench.assemble import quick_eval, run_reference
     from bench.features import get_extractor
 
-    extractor = get_extractor(teacher.features, inception_weights=run_cfg.inception_weights, device=str(device))
+    extractor = get_extractor(run_cfg.features or teacher.features, inception_weights=run_cfg.inception_weights, device=str(device))
     return quick_eval(teacher, extractor, run_reference(run_cfg, teacher, extractor, device), run_cfg, device)

@@ -68,6 +68,23 @@ class TimeMLP(nn.Module):
         return self.body(torch.cat(features, dim=1)).view_as(x)
 
 
+class PromptUNet(nn.Module):
+    """A text-conditional UNet (diffusers' UNet2DConditionModel) whose class c is prompt c:
+    ``context`` holds the text encoder's hidden states of the K prompts and, in row K, of the
+    empty prompt ("no class": the unconditional branch of classifier-free guidance)."""
+
+    def __init__(self, unet: nn.Module, context: torch.Tensor):
+        super().__init__()
+        self.unet = unet
+        self.register_buffer("context", context)
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, cond=None) -> torch.Tensor:
+        none = len(self.context) - 1
+        c = torch.full((len(x),), none) if cond is None else torch.as_tensor(cond).long()
+        states = self.context[c.to(self.context.device)].to(x.dtype)
+        return self.unet(x, t, encoder_hidden_states=states).sample
+
+
 def seed_noise(seeds: Sequence[int], shape: Sequence[int]) -> torch.Tensor:
     """eps for each seed: one CPU generator per sample (the harness's evaluator draws the same)."""
     out = torch.empty((len(seeds),) + tuple(shape))
@@ -77,12 +94,17 @@ def seed_noise(seeds: Sequence[int], shape: Sequence[int]) -> torch.Tensor:
 
 
 def load_network(folder: Path) -> nn.Module:
-    """A network saved by the harness: a diffusers UNet2DModel folder, or a TimeMLP."""
+    """A network saved by the harness: a diffusers UNet2DModel folder, a TimeMLP, or a PromptUNet."""
     folder = Path(folder)
     if (folder / "network.json").is_file():
         from safetensors.torch import load_file
 
         spec = json.loads((folder / "network.json").read_text())
+        if spec["class"] == "PromptUNet":
+            from diffusers import UNet2DConditionModel
+
+            unet = UNet2DConditionModel.from_pretrained(str(folder / "unet"), low_cpu_mem_usage=False)
+            return PromptUNet(unet, load_file(str(folder / "context.safetensors"))["context"]).eval()
         net = TimeMLP(**spec["kwargs"])
         net.load_state_dict(load_file(str(folder / "model.safetensors")))
         return net.eval()

@@ -94,7 +94,7 @@ def build_reference(spec: str, teacher, extractor: FeatureExtractor, *, n: int, 
         return _stats_file(Path(arg), extractor.dim)
     labels = None  # the class of each reference row, for per-class FID (conditional teachers)
     definition: dict = {"kind": kind, "extractor": extractor.name, "weights": extractor.weights_sha256,
-                        "extractor_version": extractor.version, "shape": list(teacher.sample_shape)}
+                        "extractor_version": extractor.version, "shape": list(teacher.output_shape)}
     if kind == "data":
         if teacher.dataset is None:
             raise BenchError("this teacher has no registered data set; use --reference teacher, "
@@ -109,19 +109,19 @@ def build_reference(spec: str, teacher, extractor: FeatureExtractor, *, n: int, 
         from bench.sampling import SAMPLER_VERSION
 
         definition.update(teacher=teacher.fingerprint(), steps=steps, n=n, seed=seed, sampler=SAMPLER_VERSION)
-        sample = SampleSpec(teacher.sample_shape, n, seed + REFERENCE_SEED_OFFSET, batch_size, device,
-                            teacher.num_classes)  # conditional: labels i mod K, all classes alike
+        # conditional: labels i mod K, all classes alike; latent teachers: decoded images
+        sample = SampleSpec.of(teacher, n, seed + REFERENCE_SEED_OFFSET, batch_size, device)
         if teacher.num_classes:
             definition.update(labels="i mod K")
             labels = seed_labels(range(n), teacher.num_classes)
         make = lambda: _teacher_stats(teacher, extractor, sample, steps)  # noqa: E731
     elif kind == "folder":
         files = _folder_images(Path(arg))
-        if len(teacher.sample_shape) != 3:
-            raise BenchError(f"teacher makes {teacher.sample_shape} vectors, not images; an image "
+        if len(teacher.output_shape) != 3:
+            raise BenchError(f"teacher makes {teacher.output_shape} vectors, not images; an image "
                              f"folder cannot be its reference")
         definition.update(folder=str(Path(arg).resolve()), digest=_digest(files), n=len(files))
-        make = lambda: _stats_of(_load_folder(files, teacher.sample_shape, teacher.data_range),  # noqa: E731
+        make = lambda: _stats_of(_load_folder(files, teacher.output_shape, teacher.data_range),  # noqa: E731
                                  teacher, extractor)
     else:
         raise BenchError(f"unknown reference {spec!r}; use auto, data, teacher, folder:PATH or stats:PATH")
@@ -146,9 +146,9 @@ def _tensor_digest(x: torch.Tensor) -> str:
 
 
 def _stats_of(x: torch.Tensor, teacher, extractor: FeatureExtractor) -> FeatureStats:
-    if tuple(x.shape[1:]) != tuple(teacher.sample_shape):
+    if tuple(x.shape[1:]) != tuple(teacher.output_shape):
         raise BenchError(f"reference samples have shape {tuple(x.shape[1:])}, the teacher makes "
-                         f"{teacher.sample_shape}; use a reference of matching shape and channels")
+                         f"{teacher.output_shape}; use a reference of matching shape and channels")
     stats = FeatureStats()
     for chunk in x.split(500):
         stats.update(extractor(chunk))

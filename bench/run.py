@@ -79,7 +79,7 @@ def run(run_cfg: RunConfig, method_overrides: Mapping[str, Any] = (), progress: 
             read_checkpoint(hooks.checkpoint, mmap=True)
         teacher = load_run_teacher(run_cfg, device)
         method, run_cfg = make_method(run_cfg, method_cls, method_cfg, teacher, device)
-        extractor = get_extractor(teacher.features, inception_weights=run_cfg.inception_weights,
+        extractor = get_extractor(run_cfg.features or teacher.features, inception_weights=run_cfg.inception_weights,
                                   device=str(device))
         ref = _prepare(run_cfg, teacher, extractor, device)
         return _tracked(run_cfg, method, teacher, extractor, ref, device, progress, hooks)
@@ -142,7 +142,7 @@ def _params(run_cfg: RunConfig, method, device, teacher, extractor) -> dict:
             "nfe": ",".join(map(str, run_cfg.nfe)), "feature_extractor": extractor.name,
             "metrics": ",".join(run_cfg.metrics), "reference": run_cfg.reference,
             "workers": run_cfg.workers, "gpus_per_worker": run_cfg.gpus_per_worker,
-            "guidance_scale": run_cfg.guidance_scale,
+            "guidance_scale": run_cfg.guidance_scale, **({"prompts": run_cfg.prompts} if run_cfg.prompts else {}),
             **teacher.provenance.as_params(), **cfgs.to_params(method.config, "method.")}
 
 
@@ -191,7 +191,7 @@ def _fidelity_anchor(run_cfg, teacher, device) -> Optional[torch.Tensor]:
     if run_cfg.fidelity_steps <= 0 or run_cfg.fidelity_samples <= 0:
         return None
     n = min(run_cfg.num_samples, run_cfg.fidelity_samples)
-    spec = SampleSpec(teacher.sample_shape, n, run_cfg.seed, run_cfg.batch_size, device, teacher.num_classes)
+    spec = SampleSpec.of(teacher, n, run_cfg.seed, run_cfg.batch_size, device)
     with torch.no_grad():
         samples = generate(teacher_sampler(teacher, run_cfg.fidelity_steps), spec).samples
     check_finite(samples, f"teacher DDIM-{run_cfg.fidelity_steps} samples (the fidelity anchor)")
@@ -207,8 +207,7 @@ def _evaluate_all(run_cfg, method, teacher, extractor, ref, device, progress):
     from bench.evaluator import SampleSpec, evaluate
     from bench.nfe import CountedSampler
 
-    spec = SampleSpec(teacher.sample_shape, run_cfg.num_samples, run_cfg.seed, run_cfg.batch_size, device,
-                      teacher.num_classes)
+    spec = SampleSpec.of(teacher, run_cfg.num_samples, run_cfg.seed, run_cfg.batch_size, device)
     rows = []
     try:
         anchor = _fidelity_anchor(run_cfg, teacher, device)

@@ -33,6 +33,9 @@ class RunConfig:
     guidance_scale: float = option(1.0, "classifier-free guidance w of a class-conditional teacher: "
                                         "out_u + w (out_c - out_u) on its output, in every sampler "
                                         "and distillation target; a guided row costs two forwards")
+    prompts: Optional[str] = option(None, "text-to-image teachers: a file of prompts, one per line; sample i "
+                                          "takes prompt i mod n (default: bench/assets/prompts.txt)")
+    features: Optional[str] = _eval(None, "feature extractor for FID/KID (bench ls; default: the teacher's)")
     nfe: Optional[tuple[int, ...]] = _eval(None, "numbers of function evaluations to evaluate "
                                                  "(default: the method's, e.g. 1,2,4,...,64 for ddim)")
     num_samples: int = _eval(1000, "samples per NFE for FID/KID (report n with every FID)")

@@ -32,12 +32,22 @@ def bare_network(net):
 
 
 def save_network(net, folder: Path) -> None:
-    """A UNet2DModel with ``save_pretrained``; a TimeMLP as ``network.json`` + safetensors."""
+    """A UNet2DModel with ``save_pretrained``; a TimeMLP as ``network.json`` + safetensors; a
+    PromptUNet as its UNet's folder, the prompts' states and ``network.json``."""
     from bench.files import save_weights
+
+    from bench.portable import PromptUNet
 
     net = bare_network(net)
     folder.mkdir(parents=True, exist_ok=True)
-    if hasattr(net, "save_pretrained"):  # a CPU copy in the default layout: safetensors refuses
+    if isinstance(net, PromptUNet):  # its UNet as diffusers saves it, and the prompts' states
+        save_network(net.unet, folder / "unet")
+        save_npz = {"context": net.context.detach().cpu().contiguous()}
+        from safetensors.torch import save_file
+
+        save_file(save_npz, str(folder / "context.safetensors"))
+        (folder / "network.json").write_text(json.dumps({"class": "PromptUNet", "kwargs": {}}))
+    elif hasattr(net, "save_pretrained"):  # a CPU copy in the default layout: safetensors refuses
         # the strided weights of a channels_last network (bench perf's GPU setting)
         net = copy.deepcopy(net).cpu().to(memory_format=torch.contiguous_format)
         net.save_pretrained(str(folder), safe_serialization=True)

@@ -52,7 +52,7 @@ def _training_free(run) -> tuple[Callable, list[int], dict]:
     source = p.get("teacher.source", "")
     path = source if os.path.isabs(source) and Path(source).is_dir() else None  # --teacher-path
     run_cfg = RunConfig(method=p["method"], teacher=p["teacher"], teacher_path=path,
-                        guidance_scale=float(p.get("guidance_scale", 1.0)))
+                        guidance_scale=float(p.get("guidance_scale", 1.0)), prompts=p.get("prompts") or None)
     cls, cfg = build_method(run_cfg, {k[len("method."):]: v for k, v in p.items() if k.startswith("method.")})
     device = resolve_device("auto")
     teacher = load_run_teacher(run_cfg, device, path)
@@ -68,10 +68,12 @@ def _training_free(run) -> tuple[Callable, list[int], dict]:
         with torch.no_grad():
             noise = seed_noise(seeds, teacher.sample_shape).to(device)
             cond = () if labels is None else (torch.as_tensor(labels, dtype=torch.long, device=device),)
-            return method.sampler(nfe)(noise, *cond).float().cpu()
+            x = method.sampler(nfe)(noise, *cond)
+            decode = teacher.decoder()  # latent teachers: the images, as the run scored them
+            return (x if decode is None else decode(x)).float().cpu()
 
     nfes = sorted(int(k) for k in p.get("nfe", "").split(",") if k) or list(method.default_nfe())
-    return sample, nfes, {"sample_shape": list(teacher.sample_shape), "data_range": list(teacher.data_range),
+    return sample, nfes, {"sample_shape": list(teacher.output_shape), "data_range": list(teacher.data_range),
                           "num_classes": teacher.num_classes}
 
 

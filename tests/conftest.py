@@ -100,3 +100,38 @@ def stop_group(proc: subprocess.Popen, first=signal.SIGTERM) -> None:
             return
         except subprocess.TimeoutExpired:
             continue
+
+
+def tiny_text_pipeline(folder, seed: int = 0):
+    """A Stable-Diffusion-style folder with random weights, built here: a tiny UNet2DConditionModel
+    (4x8x8 latents, cross-attention on 32-D text states), a tiny AutoencoderKL (x2: 3x16x16
+    images), a tiny CLIP text model and a CLIP tokenizer whose vocabulary (the 256 byte
+    characters, with and without the end-of-word mark) and empty merge list are written here,
+    and SD's scheduler config (scaled-linear betas, eps-prediction, no clipping)."""
+    from pathlib import Path
+
+    from diffusers import AutoencoderKL, PNDMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+    from transformers.convert_slow_tokenizer import bytes_to_unicode
+
+    folder = Path(folder)
+    torch.manual_seed(seed)
+    UNet2DConditionModel(sample_size=8, in_channels=4, out_channels=4, layers_per_block=1,
+                         block_out_channels=(8, 16), down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+                         up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=32,
+                         norm_num_groups=4, attention_head_dim=4).save_pretrained(folder / "unet")
+    AutoencoderKL(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 2,
+                  up_block_types=("UpDecoderBlock2D",) * 2, block_out_channels=(8, 16), latent_channels=4,
+                  norm_num_groups=4, sample_size=16).save_pretrained(folder / "vae")
+    chars = list(bytes_to_unicode().values())
+    vocab = {tok: i for i, tok in enumerate(chars + [c + "</w>" for c in chars] + ["<|startoftext|>", "<|endoftext|>"])}
+    tokenizer = CLIPTokenizer(vocab=vocab, merges=[], model_max_length=16)
+    tokenizer.save_pretrained(folder / "tokenizer")
+    CLIPTextModel(CLIPTextConfig(vocab_size=len(vocab), hidden_size=32, intermediate_size=37, num_hidden_layers=2,
+                                 num_attention_heads=4, max_position_embeddings=16,
+                                 bos_token_id=vocab["<|startoftext|>"], eos_token_id=vocab["<|endoftext|>"],
+                                 pad_token_id=vocab["<|endoftext|>"])).save_pretrained(folder / "text_encoder")
+    PNDMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", num_train_timesteps=1000,
+                  prediction_type="epsilon", set_alpha_to_one=False, skip_prk_steps=True,
+                  steps_offset=1).save_pretrained(folder / "scheduler")
+    return folder

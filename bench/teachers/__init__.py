@@ -85,6 +85,31 @@ def digits_eps(path: Optional[str] = None, device: str = "cpu") -> Teacher:
     return _shipped("digits_eps", path, device)
 
 
+TEXT_TEACHERS = {  # text-to-image latent teachers (bench/teachers/text.py)
+    "sd15": ("stable-diffusion-v1-5/stable-diffusion-v1-5", "Stable Diffusion 1.5, 512 px"),
+    "sd21base": ("stabilityai/stable-diffusion-2-1-base", "Stable Diffusion 2.1-base, 512 px"),
+}
+
+
+def _register_text(name: str, hub_id: str, what: str) -> None:
+    def load(path: Optional[str] = None, device: str = "cpu") -> Teacher:
+        from pathlib import Path
+
+        from bench.teachers.diffusers_teacher import resolve_hub_dir
+        from bench.teachers.text import load_text_teacher
+
+        if path:
+            return load_text_teacher(Path(path), str(Path(path).resolve()), device=device)
+        directory, revision = resolve_hub_dir(hub_id, name)
+        return load_text_teacher(directory, hub_id, revision, device=device)
+
+    TEACHERS.register(name, f"{what} via diffusers ({hub_id}): latent, text-conditional, prompts as classes")(load)
+
+
+for _name, (_hub, _what) in TEXT_TEACHERS.items():
+    _register_text(_name, _hub, _what)
+
+
 def _register_hub(name: str, hub_id: str) -> None:
     def load(path: Optional[str] = None, device: str = "cpu") -> Teacher:
         from bench.teachers.diffusers_teacher import load_hub_teacher

@@ -29,7 +29,7 @@ from bench.schedule import NoiseSchedule
 PREDICTION_TYPES = ("epsilon", "sample", "v_prediction", "x_and_epsilon")
 _FIELDS = ("net", "schedule", "prediction_type", "sample_shape", "provenance", "clip_x0", "data_range",
            "num_classes", "is_image", "features", "dataset", "autocast", "scheduler_config",
-           "guidance_scale", "dataset_labels")
+           "guidance_scale", "dataset_labels", "text")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,6 +75,7 @@ class Teacher(nn.Module):
         scheduler_config: Optional[dict] = None,
         guidance_scale: float = 1.0,
         dataset_labels: Optional[Callable[[], torch.Tensor]] = None,
+        text=None,
     ):
         super().__init__()
         if prediction_type not in PREDICTION_TYPES:
@@ -96,6 +97,7 @@ class Teacher(nn.Module):
             raise ValueError(f"guidance scale {guidance_scale} needs a class-conditional teacher")
         self.guidance_scale = float(guidance_scale)
         self.dataset_labels = dataset_labels  # the class of each row of dataset(), where known
+        self.text = text  # text-to-image teachers: prompts, their encoder, the VAE (bench.teachers.text)
 
     def replace(self, **changes) -> "Teacher":
         """The same teacher with some attributes changed (e.g. another ``net``). Never
@@ -108,6 +110,15 @@ class Teacher(nn.Module):
     @property
     def T(self) -> int:
         return self.schedule.T
+
+    @property
+    def output_shape(self) -> tuple[int, ...]:
+        """The shape of what the evaluator scores: the decoded image of a latent teacher."""
+        return tuple(self.text.image_shape) if self.text is not None else self.sample_shape
+
+    def decoder(self) -> Optional[Callable[[torch.Tensor], torch.Tensor]]:
+        """Latents -> images for latent (text-to-image) teachers; None where samples are the output."""
+        return self.text.decode if self.text is not None else None
 
     @property
     def guided(self) -> bool:
@@ -142,7 +153,8 @@ class Teacher(nn.Module):
                 "clip_x0": self.clip_x0, "data_range": list(self.data_range),
                 "sample_shape": list(self.sample_shape), "num_classes": self.num_classes,
                 "schedule": schedule[:16], "net": net.hexdigest()[:16],
-                **({"guidance_scale": self.guidance_scale} if self.guided else {})}
+                **({"guidance_scale": self.guidance_scale} if self.guided else {}),
+                **({"prompts": self.text.digest()} if self.text is not None else {})}
 
     @torch.no_grad()
     def nonfinite(self) -> str:
