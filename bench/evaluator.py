@@ -186,6 +186,7 @@ class Evaluation:
     sample_peak_memory_mb: float = float("nan")
     nfe_counted: float = float("nan")  # network calls per batch, as counted (bench.nfe); set by run
     class_accuracy: float = float("nan")  # conditional: share the classifier reads as the requested class
+    clip_score: float = float("nan")  # text-to-image: mean CLIP score of image and prompt (--clip-model)
     per_class_fid: dict = dataclasses.field(default_factory=dict)  # class -> FID against that class's reference
 
     def row(self) -> dict:
@@ -193,7 +194,8 @@ class Evaluation:
 
     def metrics(self) -> dict[str, float]:
         keys = ("fid", "kid", "kid_std", "precision", "recall", "sample_seconds_per_image",
-                "teacher_mse", "teacher_psnr", "sample_peak_memory_mb", "nfe_counted", "class_accuracy")
+                "teacher_mse", "teacher_psnr", "sample_peak_memory_mb", "nfe_counted", "class_accuracy",
+                "clip_score")
         out = {k: getattr(self, k) for k in keys if not math.isnan(getattr(self, k))}
         out["sample_images_per_second"] = 1.0 / max(self.sample_seconds_per_image, 1e-12)
         return out
@@ -278,30 +280,35 @@ def evaluate(sampler: Callable, spec: SampleSpec, reference: ReferenceStats, ext
              nfe: Optional[int] = None, metrics: Sequence[str] = METRICS,
              anchor: Optional[torch.Tensor] = None, data_range=(-1.0, 1.0),
              keep_samples: Optional[int] = None,
-             progress: Optional[Callable[[int], None]] = None) -> Evaluation:
+             progress: Optional[Callable[[int], None]] = None,
+             per_sample: Optional[dict[str, Callable]] = None) -> Evaluation:
     """Generate the samples of ``spec`` with ``sampler``, stream their features and score them.
 
     ``nfe`` labels the result; ``anchor``: the teacher's many-step samples for the first
     len(anchor) seeds, on which teacher fidelity is measured. Class-conditional samples are also
     read by the extractor's classifier, where it has one: ``class_accuracy`` is the share read
     as the requested label (the fidelity measure conditional papers report as classification
-    accuracy).
+    accuracy). ``per_sample``: more conditional scores by name (an Evaluation field), each
+    ``fn(samples, labels)`` -> a value per sample, averaged over all samples (CLIP score).
     """
     if "fid" in metrics:
         check_fid_n(spec.n, extractor.dim)
     at = f" at NFE {nfe}" if nfe is not None else ""
     stats = FeatureStats()
-    sq_err, read = [0.0, 0], [0, 0]  # squared error and its count; correct labels and their count
-    classify = bool(spec.num_classes) and extractor.classify is not None
+    sq_err = [0.0, 0]
+    scores = dict(per_sample or {}) if spec.num_classes else {}
+    if spec.num_classes and extractor.classify is not None:
+        scores["class_accuracy"] = lambda x, labels: (extractor.classes(x) == labels).double()
+    sums = {name: [0.0, 0] for name in scores}  # total and count of each per-sample score
 
     def on_batch(idx: range, x: torch.Tensor) -> None:
         check_finite(x, f"samples (seeds {idx.start}..{idx.stop - 1}){at}")
         features = extractor(x)
         check_finite(features, f"feature vectors (seeds {idx.start}..{idx.stop - 1}){at}")
         stats.update(features)
-        if classify:
-            read[0] += int((extractor.classes(x) == seed_labels(idx, spec.num_classes)).sum())
-            read[1] += len(idx)
+        for name, fn in scores.items():
+            sums[name][0] += float(fn(x, seed_labels(idx, spec.num_classes)).sum())
+            sums[name][1] += len(idx)
         if anchor is not None and idx.start < len(anchor):
             m = min(len(idx), len(anchor) - idx.start)
             diff = x[:m].double().cpu() - anchor[idx.start: idx.start + m].double()
@@ -316,8 +323,8 @@ def evaluate(sampler: Callable, spec: SampleSpec, reference: ReferenceStats, ext
     prec, rec = pr_from_features(stats.kept, reference.features) if "pr" in metrics and has_feats else (nan, nan)
     ev = Evaluation(nfe, spec.n, fid, kid, kid_std, prec, rec, gen.seconds_per_image, gen.batch_size,
                     gen.samples, sample_peak_memory_mb=gen.peak_memory_mb)
-    if read[1]:
-        ev.class_accuracy = read[0] / read[1]
+    for name, (total, count) in sums.items():
+        setattr(ev, name, total / count)
     if "fid" in metrics and spec.num_classes and reference.labels is not None:
         ev.per_class_fid = per_class_fid(stats.kept, seed_labels(range(len(stats.kept)), spec.num_classes),
                                          reference, extractor.dim)

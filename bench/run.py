@@ -126,6 +126,12 @@ def _prepare(run_cfg: RunConfig, teacher, extractor, device):
                          f"{fault}; no training or evaluation of it can give a valid number: check its weights")
     check_evaluation(run_cfg.num_samples, extractor.dim, run_cfg.metrics,
                      reference_has_features=not run_cfg.reference.startswith("stats:"))
+    if run_cfg.clip_model:
+        from bench.clip_score import check_clip_model
+
+        if teacher.text is None:
+            raise BenchError(f"--clip-model scores text-to-image runs; teacher {run_cfg.teacher} has no prompts")
+        check_clip_model(run_cfg.clip_model)
     return run_reference(run_cfg, teacher, extractor, device)
 
 
@@ -208,6 +214,11 @@ def _evaluate_all(run_cfg, method, teacher, extractor, ref, device, progress):
     from bench.nfe import CountedSampler
 
     spec = SampleSpec.of(teacher, run_cfg.num_samples, run_cfg.seed, run_cfg.batch_size, device)
+    per_sample = None
+    if run_cfg.clip_model:  # checked before distillation (_prepare)
+        from bench.clip_score import clip_scorer
+
+        per_sample = {"clip_score": clip_scorer(run_cfg.clip_model, teacher.text.prompts, device)}
     rows = []
     try:
         anchor = _fidelity_anchor(run_cfg, teacher, device)
@@ -218,7 +229,7 @@ def _evaluate_all(run_cfg, method, teacher, extractor, ref, device, progress):
                 with torch.no_grad():
                     ev = evaluate(sampler, spec, ref, extractor, nfe=k, metrics=run_cfg.metrics, anchor=anchor,
                                   data_range=teacher.data_range, keep_samples=run_cfg.keep_samples,
-                                  progress=bar.update)
+                                  progress=bar.update, per_sample=per_sample)
                 rows.append(dataclasses.replace(ev, nfe_counted=_counted(sampler, run_cfg.method, k)))
     except NonFinite as exc:
         raise BenchError(f"{run_cfg.method} on teacher {run_cfg.teacher}: {exc}; no result was logged "

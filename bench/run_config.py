@@ -36,6 +36,8 @@ class RunConfig:
     prompts: Optional[str] = option(None, "text-to-image teachers: a file of prompts, one per line; sample i "
                                           "takes prompt i mod n (default: bench/assets/prompts.txt)")
     features: Optional[str] = _eval(None, "feature extractor for FID/KID (bench ls; default: the teacher's)")
+    clip_model: Optional[str] = _eval(None, "text-to-image runs: a local CLIP model folder (transformers "
+                                            "CLIPModel + tokenizer) for clip_score")
     nfe: Optional[tuple[int, ...]] = _eval(None, "numbers of function evaluations to evaluate "
                                                  "(default: the method's, e.g. 1,2,4,...,64 for ddim)")
     num_samples: int = _eval(1000, "samples per NFE for FID/KID (report n with every FID)")

@@ -41,11 +41,10 @@ def save_network(net, folder: Path) -> None:
     net = bare_network(net)
     folder.mkdir(parents=True, exist_ok=True)
     if isinstance(net, PromptUNet):  # its UNet as diffusers saves it, and the prompts' states
-        save_network(net.unet, folder / "unet")
-        save_npz = {"context": net.context.detach().cpu().contiguous()}
         from safetensors.torch import save_file
 
-        save_file(save_npz, str(folder / "context.safetensors"))
+        save_network(net.unet, folder / "unet")
+        save_file({"context": net.context.detach().cpu().contiguous()}, str(folder / "context.safetensors"))
         (folder / "network.json").write_text(json.dumps({"class": "PromptUNet", "kwargs": {}}))
     elif hasattr(net, "save_pretrained"):  # a CPU copy in the default layout: safetensors refuses
         # the strided weights of a channels_last network (bench perf's GPU setting)

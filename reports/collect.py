@@ -7,7 +7,8 @@ from typing import Optional
 
 import pandas as pd
 
-PER_NFE = ("fid", "kid", "precision", "recall", "teacher_psnr", "sample_seconds_per_image", "class_accuracy")
+PER_NFE = ("fid", "kid", "precision", "recall", "teacher_psnr", "sample_seconds_per_image", "class_accuracy",
+           "clip_score")
 PER_RUN = ("train_seconds", "teacher_forwards", "distill_seconds")
 RENAMED = {"teacher_forwards": "teacher_nfe"}  # metric -> its name in runs of older versions
 

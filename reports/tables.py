@@ -12,11 +12,12 @@ COLUMNS = [
     ("FID", "fid", "↓", "{:.3f}"), ("KID", "kid", "↓", "{:.4f}"),
     ("precision", "precision", "↑", "{:.3f}"), ("recall", "recall", "↑", "{:.3f}"),
     ("PSNR vs teacher (dB)", "teacher_psnr", "↑", "{:.1f}"), ("class acc.", "class_accuracy", "↑", "{:.3f}"),
+    ("CLIP score", "clip_score", "↑", "{:.2f}"),
     ("s/image", "sample_seconds_per_image", "↓", "{:.2e}"),
     ("train s", "train_seconds", "↓", "{:.0f}"), ("teacher fwd", "teacher_forwards", "↓", "{:,.0f}"),
 ]
 
-ONLY_WHERE_LOGGED = ("class_accuracy",)
+ONLY_WHERE_LOGGED = ("class_accuracy", "clip_score")
 
 
 def _cell(mean: float, std: float, fmt: str, seeds: int) -> str:

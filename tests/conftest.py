@@ -111,8 +111,7 @@ def tiny_text_pipeline(folder, seed: int = 0):
     from pathlib import Path
 
     from diffusers import AutoencoderKL, PNDMScheduler, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
-    from transformers.convert_slow_tokenizer import bytes_to_unicode
+    from transformers import CLIPTextConfig, CLIPTextModel
 
     folder = Path(folder)
     torch.manual_seed(seed)
@@ -123,15 +122,39 @@ def tiny_text_pipeline(folder, seed: int = 0):
     AutoencoderKL(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 2,
                   up_block_types=("UpDecoderBlock2D",) * 2, block_out_channels=(8, 16), latent_channels=4,
                   norm_num_groups=4, sample_size=16).save_pretrained(folder / "vae")
-    chars = list(bytes_to_unicode().values())
-    vocab = {tok: i for i, tok in enumerate(chars + [c + "</w>" for c in chars] + ["<|startoftext|>", "<|endoftext|>"])}
-    tokenizer = CLIPTokenizer(vocab=vocab, merges=[], model_max_length=16)
+    tokenizer, text_config = _tiny_clip_text()
     tokenizer.save_pretrained(folder / "tokenizer")
-    CLIPTextModel(CLIPTextConfig(vocab_size=len(vocab), hidden_size=32, intermediate_size=37, num_hidden_layers=2,
-                                 num_attention_heads=4, max_position_embeddings=16,
-                                 bos_token_id=vocab["<|startoftext|>"], eos_token_id=vocab["<|endoftext|>"],
-                                 pad_token_id=vocab["<|endoftext|>"])).save_pretrained(folder / "text_encoder")
+    CLIPTextModel(CLIPTextConfig(**text_config)).save_pretrained(folder / "text_encoder")
     PNDMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", num_train_timesteps=1000,
                   prediction_type="epsilon", set_alpha_to_one=False, skip_prk_steps=True,
                   steps_offset=1).save_pretrained(folder / "scheduler")
+    return folder
+
+
+def _tiny_clip_text():
+    """A CLIP tokenizer whose vocabulary (the 256 byte characters, with and without the
+    end-of-word mark, and the two special tokens) and empty merge list are made here, and the
+    config of a tiny CLIP text tower on it (32-D states, 16 tokens)."""
+    from transformers import CLIPTokenizer
+    from transformers.convert_slow_tokenizer import bytes_to_unicode
+
+    chars = list(bytes_to_unicode().values())
+    vocab = {tok: i for i, tok in enumerate(chars + [c + "</w>" for c in chars] + ["<|startoftext|>", "<|endoftext|>"])}
+    config = dict(vocab_size=len(vocab), hidden_size=32, intermediate_size=37, num_hidden_layers=2,
+                  num_attention_heads=4, max_position_embeddings=16, bos_token_id=vocab["<|startoftext|>"],
+                  eos_token_id=vocab["<|endoftext|>"], pad_token_id=vocab["<|endoftext|>"])
+    return CLIPTokenizer(vocab=vocab, merges=[], model_max_length=16), config
+
+
+def tiny_clip_model(folder, seed: int = 0):
+    """A tiny CLIPModel with random weights (text tower as above, 32 px vision tower, 16-D
+    projections) and its tokenizer, saved in ``folder`` as `hf download` would leave one."""
+    from transformers import CLIPConfig, CLIPModel
+
+    torch.manual_seed(seed)
+    tokenizer, text_config = _tiny_clip_text()
+    vision = dict(image_size=32, patch_size=8, hidden_size=32, intermediate_size=37, num_hidden_layers=2,
+                  num_attention_heads=4)
+    CLIPModel(CLIPConfig(text_config=text_config, vision_config=vision, projection_dim=16)).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
     return folder

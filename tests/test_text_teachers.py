@@ -27,8 +27,13 @@ def test_a_pipeline_folder_is_a_latent_teacher_with_prompts_as_classes(sd_folder
     x, t = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(0)), 500
     torch.testing.assert_close(teacher.x0(x, t, None), teacher.x0(x, t, torch.tensor([20, 20])))
     assert not torch.allclose(teacher.x0(x, t, torch.tensor([0, 0])), teacher.x0(x, t, torch.tensor([1, 1])))
-    images = teacher.text.decode(teacher.x0(x, t, torch.tensor([0, 1])))
-    assert images.shape == (2, 3, 16, 16) and images.abs().max() <= 1
+    tt = torch.full((2,), float(t))  # the network itself (students copy it): no label = the empty prompt
+    torch.testing.assert_close(teacher.net(x, tt, None), teacher.net(x, tt, torch.tensor([20, 20])))
+    z = teacher.x0(x, t, torch.tensor([0, 1]))
+    images = teacher.text.decode(z)  # SD's VAE reads latents / scaling_factor (0.18215)
+    with torch.no_grad():
+        by_hand = teacher.text.vae.decode(z / 0.18215).sample.clamp(-1, 1)
+    assert images.shape == (2, 3, 16, 16) and torch.allclose(images, by_hand, atol=1e-6)
     (tmp_path / "p.txt").write_text("a cat\n\na dog\na boat\n")
     before = teacher.fingerprint()
     use_prompts(teacher, read_prompts(tmp_path / "p.txt"))
@@ -83,3 +88,45 @@ def test_methods_run_end_to_end_on_latents(sd_folder, tmp_path, tracking_uri, me
         assert run.data.metrics["teacher_forwards"] > 0
         names = {a.path for a in client.list_artifacts(run.info.run_id)}
         assert "student" in names  # the latent student ships as a model (its images are latents)
+
+
+def test_clip_score_is_100_times_the_clamped_cosine_of_clips_own_embeddings(tmp_path):
+    """Against transformers' own CLIPModel forward (its image_embeds and text_embeds, unit
+    vectors): 100 max(cos, 0), image i against prompt labels[i], on the same preprocessed pixels."""
+    from transformers import CLIPModel, CLIPTokenizer
+
+    from bench.clip_score import CLIP_MEAN, CLIP_STD, clip_scorer
+    from conftest import tiny_clip_model
+
+    folder = tiny_clip_model(tmp_path / "clip")
+    prompts = ["a cat", "a dog", "a boat"]
+    score = clip_scorer(folder, prompts, torch.device("cpu"))
+    images = torch.rand(4, 3, 32, 32, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    labels = torch.tensor([0, 2, 1, 0])
+    got = score(images, labels)
+    model, tok = CLIPModel.from_pretrained(folder).eval(), CLIPTokenizer.from_pretrained(folder)
+    ids = tok([prompts[i] for i in labels], padding="max_length", max_length=16, return_tensors="pt").input_ids
+    pixels = ((images + 1) / 2 - torch.tensor(CLIP_MEAN).view(1, 3, 1, 1)) / torch.tensor(CLIP_STD).view(1, 3, 1, 1)
+    with torch.no_grad():
+        out = model(input_ids=ids, pixel_values=pixels)
+    cos = (out.image_embeds.double() * out.text_embeds.double()).sum(-1)
+    torch.testing.assert_close(got, (100 * cos).clamp(min=0), rtol=1e-4, atol=1e-4)
+    assert (cos < 0).any() and (cos > 0).any(), cos  # both sides of the clamp are exercised
+
+
+def test_clip_score_of_a_run_and_its_missing_model(sd_folder, tmp_path, tracking_uri, capfd):
+    from mlflow.tracking import MlflowClient
+
+    from conftest import tiny_clip_model
+
+    args = ["run", "--teacher", "sd15", "--teacher-path", str(sd_folder), "--nfe", "2", "--features", "points",
+            "--metrics", "kid", "--num-samples", "8", "--reference", "teacher", "--reference-samples", "8",
+            "--reference-steps", "2", "--fidelity-steps", "0", "--tracking-uri", tracking_uri, "--quiet",
+            "--no-system-metrics", "--experiment", "clip"]
+    assert main([*args, "--clip-model", str(tmp_path / "nowhere")]) == 2
+    assert "CLIP score needs a local CLIP model folder" in capfd.readouterr().err
+    assert main([*args, "--clip-model", str(tiny_clip_model(tmp_path / "clip"))]) == 0
+    client = MlflowClient(tracking_uri)
+    (run,) = client.search_runs([client.get_experiment_by_name("clip").experiment_id])
+    assert 0 <= run.data.metrics["clip_score"] <= 100
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "clip_score")] == [2]
