@@ -158,3 +158,15 @@ def tiny_clip_model(folder, seed: int = 0):
     CLIPModel(CLIPConfig(text_config=text_config, vision_config=vision, projection_dim=16)).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder
+
+
+def on_requested_component(sampler, n: int = 2000) -> tuple[float, float]:
+    """One-step samples of class-conditional gmm2d (class c = component c) for n noises and labels
+    i mod 8: (share nearest their own component, share within 3 std (0.15) of it)."""
+    from bench.teachers.analytic import gmm2d_params
+
+    eps, c = torch.randn(n, 2, generator=torch.Generator().manual_seed(5)), torch.arange(n) % 8
+    with torch.no_grad():
+        x = sampler(eps, c).float()
+    nearest = torch.cdist(x, gmm2d_params()[0].float()).min(1)
+    return float((nearest.indices == c).float().mean()), float((nearest.values < 0.15).float().mean())
