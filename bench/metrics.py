@@ -73,9 +73,9 @@ def fid_from_features(a: torch.Tensor, b: torch.Tensor) -> float:
 
 def per_class_fid(features: torch.Tensor, labels: torch.Tensor, reference,
                   dim: int) -> dict[int, float]:
-    """FID of each class's samples against the rows of that class in ``reference`` (a ReferenceStats
-    with labels), for the classes
-    where both sides have at least ``dim`` rows (below it the covariance is rank-deficient)."""
+    """FID of each class's samples against the rows of that class in ``reference`` (a
+    ReferenceStats with labels), for the classes where both sides have at least ``dim`` rows
+    (below it the covariance is rank-deficient)."""
     out = {}
     for c in sorted(set(labels.tolist()) & set(reference.labels.tolist())):
         a, b = features[labels == c], reference.features[reference.labels == c]
