@@ -65,7 +65,8 @@ class BOOTConfig(TrainConfig):
             raise ValueError("mlp_width must be >= 1 and boundary_weight >= 0")
 
 
-@METHODS.register("boot", "BOOT: data-free one-step distillation by bootstrapping (Gu et al. 2023)")
+@METHODS.register("boot", "BOOT: data-free one-step distillation by bootstrapping (Gu et al. 2023); "
+                           "class-conditional teachers: distills the teacher guided at the run's --guidance-scale")
 class BOOT(Method):
     Config = BOOTConfig
 

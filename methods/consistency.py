@@ -178,7 +178,8 @@ def teacher_step(teacher: Teacher, x_t: torch.Tensor, t: torch.Tensor, s: torch.
     return x_s, len(x_t) + len(idx)
 
 
-@METHODS.register("consistency", "consistency distillation (Song et al. 2023; LCM's VP form): 1, 2, 4 steps")
+@METHODS.register("consistency", "consistency distillation (Song et al. 2023; LCM's VP form): 1, 2, 4 steps; "
+                                  "unconditional teachers only")
 class Consistency(Method):
     Config = ConsistencyConfig
     no_conditions = ("consistency distillation of class-conditional teachers is not implemented (the "

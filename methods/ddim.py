@@ -19,7 +19,8 @@ class DDIMConfig:
         check_choices(self)
 
 
-@METHODS.register("ddim", "teacher sampled with K deterministic DDIM steps (no training)")
+@METHODS.register("ddim", "teacher sampled with K deterministic DDIM steps (no training); guided at "
+                           "--guidance-scale for class-conditional teachers")
 class DDIM(Method):
     Config = DDIMConfig
 

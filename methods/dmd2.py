@@ -47,7 +47,8 @@ class DMD2Config(MatchingConfig):
 
 
 @METHODS.register("dmd2", "DMD2: data-free distribution matching, one step (Yin et al. 2024); its GAN term needs real "
-                           "images and is not implemented")
+                           "images and is not implemented; class-conditional: the real score guided at "
+                           "--guidance-scale, the fake score not")
 class DMD2(DistributionMatching):
     Config = DMD2Config
     title = "DMD2"

@@ -90,7 +90,8 @@ class Round:
     totals: Optional[Totals]
 
 
-@METHODS.register("progressive", "progressive distillation (Salimans & Ho 2022): halve DDIM steps per round")
+@METHODS.register("progressive", "progressive distillation (Salimans & Ho 2022): halve DDIM steps per round; "
+                                  "unconditional teachers only")
 class Progressive(Method):
     Config = ProgressiveConfig
     no_conditions = ("progressive distillation of class-conditional teachers is not implemented (its "

@@ -51,7 +51,8 @@ class SiDConfig(MatchingConfig):
             raise ValueError("t_max must be in (0, 1]")
 
 
-@METHODS.register("sid", "SiD: Score identity Distillation, data-free, one step (Zhou et al. 2024)")
+@METHODS.register("sid", "SiD: Score identity Distillation, data-free, one step (Zhou et al. 2024); "
+                          "class-conditional: the real score guided at --guidance-scale, the fake score not")
 class SiD(DistributionMatching):
     Config = SiDConfig
     title = "SiD"

@@ -119,7 +119,7 @@ class SolverConfig:
 
 
 @METHODS.register("solver", "teacher sampled with a training-free diffusers ODE solver (DPM-Solver++, UniPC, "
-                            "DEIS, Heun, iPNDM, ...); NFE counted")
+                            "DEIS, Heun, iPNDM, ...); NFE counted; guided at --guidance-scale")
 class Solver(Method):
     Config = SolverConfig
 
