@@ -43,7 +43,8 @@ def test_gmm2d_every_mode_gets_at_least_half_its_share(cls, overrides, beats_ddi
     (measured 0.47 against 0.36). SiD does not (0.10-0.16 over lr 1e-4..3e-4, alpha 0.5..1.2,
     t_max 0.4..0.8; collapse to 1-2 modes at lr >= 3e-4 with alpha 1.2): its samples stay off the
     ring (r from 0.2 to 1.06), also with a kernel-density fake score from 2048 fresh generator
-    samples in place of f_psi, so the fake network is not what limits it (docs/methods.md)."""
+    samples in place of f_psi, so the fake network is not what limits it; its generator ends as an
+    affine map of z, a Gaussian blob (docs/methods.md, docs/figures/gmm2d_onestep.png)."""
     from bench.sampling import ddim_sample
 
     teacher = load_teacher("gmm2d")
