@@ -191,11 +191,16 @@ class DistributionMatching(Method):
             return 0.0 * x.float().flatten(1).sum(1), 0.0
         return self.generator_loss(x, gen, cond), self.real.forwards_per_row
 
+    def fake_times(self, n: int, gen: torch.Generator) -> torch.Tensor:
+        """The steps t of f_psi's denoising loss: t ~ U{0..T-1}, the teacher's own training law
+        (DMD2's SD fake loss); a method whose code trains its fake score elsewhere overrides it."""
+        return torch.randint(0, self.fake.T, (n,), generator=gen).to(self.device)
+
     def _fake_step(self, step: int, gen: torch.Generator, rows: Optional[int] = None):
         with torch.no_grad():  # f_psi learns G's distribution; no gradient to G
             z, cond = self.noise(rows or self.config.batch_size, gen)
             x = self.G(z, cond)
-        t = torch.randint(0, self.fake.T, (len(x),), generator=gen).to(x.device)
+        t = self.fake_times(len(x), gen)
         return denoising_loss(self.fake, x, t, torch.randn(x.shape, generator=gen).to(x.device), cond), 0.0
 
     def training_stage(self) -> TrainStage:

@@ -165,6 +165,38 @@ def test_sid_times_follow_edms_grid_up_to_t_max():
     assert float((~inside).float().mean()) == pytest.approx(u_lo / 0.8, abs=0.02)
 
 
+def test_fake_score_noise_laws_uniform_t_and_sids_edm_log_normal():
+    """By default f_psi learns at t ~ U{0..T-1} (DMD2 and SiD); SiD's fake_noise=edm, its code's law,
+    at ln sigma ~ N(-1.2, 1.2^2) (KS test on ln(sigma_t / alpha_t) within the teacher's range;
+    draws above or below it are clamped to its ends)."""
+    teacher = load_teacher("gaussian")
+    gen = torch.Generator().manual_seed(0)
+    t = _method(SiD, teacher, fake_noise="edm").fake_times(4000, gen).double()
+    ln_sigma = (teacher.schedule.sigma(t) / teacher.schedule.alpha(t)).log()
+    lo, hi = (float((teacher.schedule.sigma(v) / teacher.schedule.alpha(v)).log()) for v in (0.0, teacher.T - 1.0))
+    inside = (ln_sigma > lo + 1e-3) & (ln_sigma < hi - 1e-3)
+    law = stats.truncnorm((lo + 1e-3 + 1.2) / 1.2, (hi - 1e-3 + 1.2) / 1.2, loc=-1.2, scale=1.2)
+    assert stats.kstest(ln_sigma[inside].numpy(), law.cdf).pvalue > 0.01
+    assert float((~inside).float().mean()) == pytest.approx(stats.norm(-1.2, 1.2).cdf(lo), abs=0.01)
+    t_uniform = _method(SiD, teacher).fake_times(4000, gen)
+    t_dmd2 = _method(DMD2, teacher).fake_times(20000, gen)
+    for draws in (t_uniform, t_dmd2):
+        assert torch.equal(draws, draws.round()) and (float(draws.min()), float(draws.max())) == (0.0, 999.0)
+
+
+@pytest.mark.parametrize("cls", [DMD2, SiD])
+def test_the_fake_score_step_draws_its_times_from_fake_times(cls, monkeypatch):
+    m = _method(cls, load_teacher("gmm2d"), batch_size=8, mlp_width=16)
+    monkeypatch.setattr(m, "fake_times", lambda n, gen: torch.full((n,), 7.0))
+    loss, forwards = m._fake_step(0, torch.Generator().manual_seed(1))
+    gen = torch.Generator().manual_seed(1)
+    z, cond = m.noise(8, gen)
+    x = m.G(z, cond).detach()
+    expected = denoising_loss(m.fake, x, torch.full((8,), 7.0), torch.randn(x.shape, generator=gen), cond)
+    torch.testing.assert_close(loss, expected)
+    assert forwards == 0.0
+
+
 @pytest.mark.parametrize("kind", ["epsilon", "sample", "v_prediction"])
 def test_fake_score_loss_is_the_teachers_own_denoising_loss(kind):
     x0 = torch.randn(4, D, dtype=torch.float64)
