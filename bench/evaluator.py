@@ -202,9 +202,7 @@ def evaluate(sampler: Callable, spec: SampleSpec, reference: ReferenceStats, ext
     at = f" at NFE {nfe}" if nfe is not None else ""
     stats = FeatureStats()
     sq_err = [0.0, 0]
-    scores = dict(per_sample or {}) if spec.num_classes else {}
-    if spec.num_classes and extractor.classify is not None:
-        scores["class_accuracy"] = lambda x, labels: (extractor.classes(x) == labels).double()
+    scores = _conditional_scores(spec, extractor, per_sample)
     sums = {name: [0.0, 0] for name in scores}  # total and count of each per-sample score
 
     def on_batch(idx: range, x: torch.Tensor) -> None:
@@ -237,11 +235,30 @@ def evaluate(sampler: Callable, spec: SampleSpec, reference: ReferenceStats, ext
     if sq_err[1]:
         mse = sq_err[0] / sq_err[1]
         ev.teacher_mse, ev.teacher_psnr = mse, psnr(mse, data_range)
-    scores = {"fid": fid, "kid": kid, "precision": prec, "recall": rec, "teacher_mse": ev.teacher_mse}
+    _check_scores(ev, metrics, has_feats, bool(sq_err[1]), at)
+    return ev
+
+
+def _conditional_scores(spec: SampleSpec, extractor: FeatureExtractor,
+                        per_sample: Optional[dict[str, Callable]]) -> dict[str, Callable]:
+    """The per-sample scores of a class-conditional evaluation: ``per_sample``, and class accuracy
+    where the extractor is a classifier; none for unconditional samples."""
+    if not spec.num_classes:
+        return {}
+    scores = dict(per_sample or {})
+    if extractor.classify is not None:
+        scores["class_accuracy"] = lambda x, labels: (extractor.classes(x) == labels).double()
+    return scores
+
+
+def _check_scores(ev: Evaluation, metrics: Sequence[str], has_feats: bool, compared: bool, at: str) -> None:
+    """A requested score (teacher_mse: where samples were ``compared`` with the anchor) that is not
+    finite although every sample and feature was: refuse it."""
+    scores = {"fid": ev.fid, "kid": ev.kid, "precision": ev.precision, "recall": ev.recall,
+              "teacher_mse": ev.teacher_mse}
     wanted = {"fid": "fid" in metrics, "kid": "kid" in metrics and has_feats,
               "precision": "pr" in metrics and has_feats, "recall": "pr" in metrics and has_feats,
-              "teacher_mse": bool(sq_err[1])}
+              "teacher_mse": compared}
     for name, value in scores.items():
         if wanted[name] and not math.isfinite(value):
             raise NonFinite(f"{name}{at} is {value} although every sample and feature is finite")
-    return ev

@@ -92,39 +92,12 @@ def build_reference(spec: str, teacher, extractor: FeatureExtractor, *, n: int, 
         kind = "data" if teacher.dataset is not None else "teacher"
     if kind == "stats":
         return _stats_file(Path(arg), extractor.dim)
-    labels = None  # the class of each reference row, for per-class FID (conditional teachers)
+    if kind not in ("data", "teacher", "folder"):
+        raise BenchError(f"unknown reference {spec!r}; use auto, data, teacher, folder:PATH or stats:PATH")
     definition: dict = {"kind": kind, "extractor": extractor.name, "weights": extractor.weights_sha256,
                         "extractor_version": extractor.version, "shape": list(teacher.output_shape)}
-    if kind == "data":
-        if teacher.dataset is None:
-            raise BenchError("this teacher has no registered data set; use --reference teacher, "
-                             "folder:PATH or stats:PATH")
-        data = teacher.dataset()
-        definition.update(n=len(data), data=_tensor_digest(data), source=teacher.provenance.source)
-        if teacher.num_classes and teacher.dataset_labels is not None:  # per-class FID
-            labels = torch.as_tensor(teacher.dataset_labels()).long()
-            definition.update(labels=_tensor_digest(labels))
-        make = lambda: _stats_of(data, teacher, extractor)  # noqa: E731
-    elif kind == "teacher":
-        from bench.sampling import SAMPLER_VERSION
-
-        definition.update(teacher=teacher.fingerprint(), steps=steps, n=n, seed=seed, sampler=SAMPLER_VERSION)
-        # conditional: labels i mod K, all classes alike; latent teachers: decoded images
-        sample = SampleSpec.of(teacher, n, seed + REFERENCE_SEED_OFFSET, batch_size, device)
-        if teacher.num_classes:
-            definition.update(labels="i mod K")
-            labels = seed_labels(range(n), teacher.num_classes)
-        make = lambda: _teacher_stats(teacher, extractor, sample, steps)  # noqa: E731
-    elif kind == "folder":
-        files = _folder_images(Path(arg))
-        if len(teacher.output_shape) != 3:
-            raise BenchError(f"teacher makes {teacher.output_shape} vectors, not images; an image "
-                             f"folder cannot be its reference")
-        definition.update(folder=str(Path(arg).resolve()), digest=_digest(files), n=len(files))
-        make = lambda: _stats_of(_load_folder(files, teacher.output_shape, teacher.data_range),  # noqa: E731
-                                 teacher, extractor)
-    else:
-        raise BenchError(f"unknown reference {spec!r}; use auto, data, teacher, folder:PATH or stats:PATH")
+    make, labels = _recipe(kind, arg, teacher, extractor, definition,
+                           n=n, steps=steps, seed=seed, batch_size=batch_size, device=device)
     path = cache_file("references", definition, prefix=extractor.name)
     if path.is_file():
         with np.load(path) as d:
@@ -139,6 +112,40 @@ def build_reference(spec: str, teacher, extractor: FeatureExtractor, *, n: int, 
     save_npz_atomic(path, mu=ref.mu, sigma=ref.sigma, n=ref.n, features=ref.features.numpy(),
                     definition=definition_array(definition), **({} if kept is None else {"labels": kept.numpy()}))
     return ref
+
+
+def _recipe(kind: str, arg: str, teacher, extractor: FeatureExtractor, definition: dict, *, n: int, steps: int,
+            seed: int, batch_size: int, device: torch.device) -> tuple[Callable, Optional[torch.Tensor]]:
+    """How to compute reference ``kind``: adds what identifies it to ``definition`` (its cache key)
+    and returns the computation and the class of each row (per-class FID; None: unlabelled)."""
+    labels = None
+    if kind == "data":
+        if teacher.dataset is None:
+            raise BenchError("this teacher has no registered data set; use --reference teacher, "
+                             "folder:PATH or stats:PATH")
+        data = teacher.dataset()
+        definition.update(n=len(data), data=_tensor_digest(data), source=teacher.provenance.source)
+        if teacher.num_classes and teacher.dataset_labels is not None:  # per-class FID
+            labels = torch.as_tensor(teacher.dataset_labels()).long()
+            definition.update(labels=_tensor_digest(labels))
+        return (lambda: _stats_of(data, teacher, extractor)), labels
+    if kind == "teacher":
+        from bench.sampling import SAMPLER_VERSION
+
+        definition.update(teacher=teacher.fingerprint(), steps=steps, n=n, seed=seed, sampler=SAMPLER_VERSION)
+        # conditional: labels i mod K, all classes alike; latent teachers: decoded images
+        sample = SampleSpec.of(teacher, n, seed + REFERENCE_SEED_OFFSET, batch_size, device)
+        if teacher.num_classes:
+            definition.update(labels="i mod K")
+            labels = seed_labels(range(n), teacher.num_classes)
+        return (lambda: _teacher_stats(teacher, extractor, sample, steps)), labels
+    files = _folder_images(Path(arg))  # kind == "folder": build_reference refused the rest
+    if len(teacher.output_shape) != 3:
+        raise BenchError(f"teacher makes {teacher.output_shape} vectors, not images; an image "
+                         f"folder cannot be its reference")
+    definition.update(folder=str(Path(arg).resolve()), digest=_digest(files), n=len(files))
+    return (lambda: _stats_of(_load_folder(files, teacher.output_shape, teacher.data_range),
+                              teacher, extractor)), None
 
 
 def _tensor_digest(x: torch.Tensor) -> str:
