@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import math
 import os
 import signal
 import sys
@@ -195,8 +196,6 @@ def _waits(spool, pending) -> bool:
 
 
 def format_summary(rows, extractor: str) -> str:
-    import math
-
     # conditional scores only where some row has them (class accuracy, CLIP score)
     extra = [(key, title) for key, title in (("class_accuracy", "class acc"), ("clip_score", "CLIP"))
              if any(not math.isnan(r.get(key, math.nan)) for r in rows)]
@@ -206,7 +205,8 @@ def format_summary(rows, extractor: str) -> str:
     for r in rows:
         lines.append(f"{r['nfe']:>5}  {r['fid']:>18.3f}  {r['kid']:>8.4f}  {r['precision']:>5.3f}  "
                      f"{r['recall']:>6.3f}  {r['teacher_psnr']:>12.2f} dB  "
-                     f"{r['sample_seconds_per_image']:>9.2e}  {r['n']:>6}" + "".join(f"  {r[k]:>9.3f}" for k, _ in extra))
+                     f"{r['sample_seconds_per_image']:>9.2e}  {r['n']:>6}"
+                     + "".join(f"  {r[k]:>9.3f}" for k, _ in extra))
     return "\n".join(lines)
 
 
